@@ -1,0 +1,173 @@
+"""The agent: a backbone composed with plasticity modules and memory modules.
+
+An agent is assembled, not subclassed:
+
+    agent = Agent(mlp, plasticity=[SupSup(...)], memory=[], learner=FineTune(...))
+
+It calls the modules' hooks in one fixed order (see `agentlab.protocols`):
+
+    build      attach(backbone) for each plasticity module, in list order
+    task start plasticity.on_task_start in list order, then memory.on_task_start
+    forward    plasticity.set_task(task_id), then the backbone
+    loss       extra_loss of plasticity then memory, each term named `<module>/<term>`
+    step       after_step of plasticity then memory
+    epoch      after_epoch of plasticity
+    task end   plasticity.on_task_end in reverse list order, then memory.on_task_end
+    predict    with a task label: as forward; without one, the first plasticity
+               module whose infer_task answers decides each example's task
+
+Memory modules the backbone holds (a DNC core, a memory transformer) are found
+in it automatically; memories passed in `memory=[...]` are added beside them.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterator, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from agentlab.protocols import MemoryModule, PlasticityModule, tensor_bytes
+
+
+def restrict_to_classes(logits: Tensor, classes: Sequence[int] | None) -> Tensor:
+    """Logits with every class outside `classes` set to -inf: a multi-head read-out by masking.
+
+    This is how task-incremental learning uses one shared output layer
+    (van de Ven & Tolias 2019, "Three scenarios for continual learning").
+    """
+    if classes is None:
+        return logits
+    mask = torch.full_like(logits, float("-inf"))
+    mask[..., list(classes)] = 0.0
+    return logits + mask
+
+
+class Agent(nn.Module):
+    """A backbone plus plasticity and memory modules, trained by a learner."""
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        *,
+        plasticity: Sequence[PlasticityModule] = (),
+        memory: Sequence[MemoryModule] = (),
+        learner: Any = None,
+        label: str = "agent",
+    ) -> None:
+        super().__init__()
+        self.label = label
+        self.backbone = backbone
+        self.plasticity = nn.ModuleList(plasticity)
+        names = [p.name for p in self.plasticity]
+        if len(set(names)) != len(names):
+            raise ValueError(f"two plasticity modules share a name in {names}; give each a distinct `name`")
+        inside = [m for m in backbone.modules() if isinstance(m, MemoryModule)]
+        self.extra_memory = nn.ModuleList([m for m in memory if all(m is not i for i in inside)])
+        self.learner = learner
+        for p in self.plasticity:
+            p.attach(self.backbone)
+        self.current_task: int | None = None
+
+    # ------------------------------------------------------------------ structure
+    def memories(self) -> list[MemoryModule]:
+        """Every memory module: those inside the backbone, then those passed in."""
+        inside = [m for m in self.backbone.modules() if isinstance(m, MemoryModule)]
+        return inside + list(self.extra_memory)
+
+    def trainable_parameters(self) -> Iterator[nn.Parameter]:
+        """Parameters the optimizer should update now (plasticity modules freeze what they protect)."""
+        return (p for p in self.parameters() if p.requires_grad)
+
+    # ------------------------------------------------------------------ task hooks
+    def start_task(self, task: Any) -> None:
+        self.current_task = task.id
+        for p in self.plasticity:
+            p.on_task_start(task)
+        for m in self.memories():
+            m.on_task_start(task)
+
+    def end_task(self, task: Any) -> None:
+        for p in reversed(self.plasticity):
+            p.on_task_end(task)
+        for m in self.memories():
+            m.on_task_end(task)
+
+    def after_step(self, step: int) -> None:
+        for p in self.plasticity:
+            p.after_step(step)
+        for m in self.memories():
+            m.after_step(step)
+
+    def after_epoch(self, epoch: int) -> None:
+        for p in self.plasticity:
+            p.after_epoch(epoch)
+
+    # ------------------------------------------------------------------ computing
+    def set_task(self, task_id: int | None) -> None:
+        for p in self.plasticity:
+            p.set_task(task_id)
+
+    def forward(self, x: Tensor, task_id: int | None = None) -> Tensor:
+        """Backbone output with every plasticity module set to `task_id` (None: no task state)."""
+        self.set_task(task_id)
+        return self.backbone(x)
+
+    def infer_task(self, x: Tensor) -> Tensor | None:
+        """Task ids (B,) from the first plasticity module that can tell, else None."""
+        for p in self.plasticity:
+            guess = p.infer_task(x, self.backbone)
+            if guess is not None:
+                return guess
+        return None
+
+    def predict(self, x: Tensor, task_id: int | None = None) -> tuple[Tensor, Tensor | None]:
+        """Outputs for `x`; without a task label, tasks are inferred where a module can.
+
+        Returns `(outputs, inferred_task_ids or None)`. Examples are grouped by
+        their inferred task so each group runs through its own sub-network.
+        """
+        if task_id is not None:
+            return self(x, task_id), None
+        guess = self.infer_task(x)
+        if guess is None:
+            fallback = self.current_task if self.plasticity else None
+            return self(x, fallback), None
+        out: Tensor | None = None
+        for t in torch.unique(guess).tolist():
+            rows = (guess == t).nonzero().squeeze(1)
+            y = self(x[rows], int(t))
+            if out is None:
+                out = y.new_empty((x.shape[0], *y.shape[1:]))
+            out[rows] = y
+        assert out is not None
+        return out, guess
+
+    def loss_terms(self, batch: Any, output: Tensor) -> dict[str, Tensor]:
+        """Extra named loss terms from every module, as `<module>/<term>`."""
+        terms: dict[str, Tensor] = {}
+        for mod in [*self.plasticity, *self.memories()]:
+            for k, v in mod.extra_loss(batch, output).items():
+                terms[f"{mod.name}/{k}"] = v
+        return terms
+
+    # ------------------------------------------------------------------ reporting
+    def scalars(self) -> dict[str, float]:
+        """Module figures, tagged `plasticity/<module>/<figure>` and `memory/<module>/<figure>`."""
+        out: dict[str, float] = {}
+        for p in self.plasticity:
+            out.update({f"plasticity/{p.name}/{k}": float(v) for k, v in p.scalars().items()})
+        for m in self.memories():
+            out.update({f"memory/{m.name}/{k}": float(v) for k, v in m.scalars().items()})
+        return out
+
+    def images(self) -> dict[str, Tensor]:
+        out: dict[str, Tensor] = {}
+        for p in self.plasticity:
+            out.update({f"plasticity/{p.name}/{k}": v for k, v in p.images().items()})
+        for m in self.memories():
+            out.update({f"memory/{m.name}/{k}": v for k, v in m.images().items()})
+        return out
+
+    def backbone_bytes(self) -> int:
+        return tensor_bytes(self.backbone.parameters()) + tensor_bytes(self.backbone.buffers())

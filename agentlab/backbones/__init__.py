@@ -1,0 +1,1 @@
+"""Backbones: plain `nn.Module`s that plasticity modules wrap by layer name."""

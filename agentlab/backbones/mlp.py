@@ -1,0 +1,78 @@
+"""A multilayer perceptron over flattened inputs (LeNet 300-100, the 2x400 / 2x1000 MLPs of the CL literature)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from einops import rearrange
+from torch import Tensor, nn
+
+from agentlab.config import ConfigError, check
+from agentlab.registry import BuildEnv, register
+
+
+@dataclass(frozen=True)
+class MLPConfig:
+    """A fully connected network; input size and classes come from the stream unless given."""
+
+    hidden: list[int] = field(default_factory=lambda: [400, 400])
+    """widths of the hidden layers"""
+    activation: Literal["relu", "tanh", "gelu"] = "relu"
+    """non-linearity between layers"""
+    bias: bool = True
+    """biases in the linear layers (SupSup uses none)"""
+    in_features: int = 0
+    """input size; 0 = from the stream"""
+    out_features: int = 0
+    """output units; 0 = the stream's number of classes"""
+
+    def __post_init__(self) -> None:
+        check(all(h >= 1 for h in self.hidden), "hidden", self.hidden, "a list of integers >= 1")
+        check(self.in_features >= 0, "in_features", self.in_features, "an integer >= 0")
+        check(self.out_features >= 0, "out_features", self.out_features, "an integer >= 0")
+
+
+ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU}
+
+
+class MLP(nn.Module):
+    """Linear layers named `layers.0`, `layers.2`, ... with the activation between them."""
+
+    def __init__(self, in_features: int, hidden: list[int], out_features: int, *, activation: str = "relu", bias: bool = True) -> None:
+        super().__init__()
+        self.config = {"in_features": in_features, "hidden": list(hidden), "out_features": out_features, "activation": activation, "bias": bias}
+        sizes = [in_features, *hidden, out_features]
+        layers: list[nn.Module] = []
+        for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+            layers.append(nn.Linear(a, b, bias=bias))
+            if i < len(sizes) - 2:
+                layers.append(ACTIVATIONS[activation]())
+        self.layers = nn.Sequential(*layers)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = rearrange(x, "b ... -> b (...)")  # (B, D)
+        return self.layers(x)  # (B, classes)
+
+
+def stream_dims(env: BuildEnv, in_features: int, out_features: int) -> tuple[int, int]:
+    stream = env.stream
+    if not in_features:
+        shape = getattr(stream, "input_shape", None)
+        if shape is None:
+            raise ConfigError("backbone.in_features=0 but the stream does not say its input shape; set backbone.in_features")
+        in_features = math.prod(shape)
+    if not out_features:
+        n = getattr(stream, "n_classes", None)
+        if not n:
+            raise ConfigError("backbone.out_features=0 but the stream does not say its number of classes; set backbone.out_features")
+        out_features = n
+    return in_features, out_features
+
+
+@register("backbone", "mlp", MLPConfig)
+def build_mlp(cfg: MLPConfig, env: BuildEnv) -> MLP:
+    """Multilayer perceptron over flattened inputs."""
+    i, o = stream_dims(env, cfg.in_features, cfg.out_features)
+    return MLP(i, list(cfg.hidden), o, activation=cfg.activation, bias=cfg.bias)

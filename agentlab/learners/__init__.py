@@ -1,0 +1,1 @@
+"""Update rules: fine-tuning, joint training, experience replay (and, in other packages, episode and RL learners)."""

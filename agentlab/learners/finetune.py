@@ -1,0 +1,66 @@
+"""Fine-tuning: train on each task in turn with nothing to protect the old ones (the lower baseline)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from agentlab.data import Split
+from agentlab.learners.sgd import SGDConfig, make_optimizer, supervised_step
+from agentlab.registry import BuildEnv, register
+
+
+def require_classification(task: Any, learner: str) -> None:
+    if task.kind != "classification":
+        raise ValueError(
+            f"learner {learner!r} trains classification tasks; task {task.name!r} is a {task.kind!r} task: "
+            "choose a learner for that kind (see `agentlab list`)"
+        )
+
+
+def train_split(
+    agent: Any, task: Any, split: Split, cfg: Any, ctx: Any, *, step_fn: Any = None, classes_by_task: Any = None
+) -> None:
+    """Epochs of supervised steps over `split`; `step_fn(batch, optimizer)` may replace the plain step (replay)."""
+    optimizer = make_optimizer(agent.trainable_parameters(), cfg)
+    steps = 0
+    for epoch in range(cfg.epochs):
+        for batch in split.batches(cfg.batch_size, shuffle=True, generator=ctx.generator, task_id=task.id):
+            batch = batch.to(ctx.device)
+            if step_fn is not None:
+                losses = step_fn(batch, optimizer)
+            else:
+                losses = supervised_step(agent, batch, optimizer, cfg, task, classes_by_task)
+            agent.after_step(ctx.global_step)
+            ctx.step(losses, len(batch))
+            steps += 1
+            if cfg.max_steps and steps >= cfg.max_steps:
+                break
+        agent.after_epoch(epoch)
+        if cfg.max_steps and steps >= cfg.max_steps:
+            break
+
+
+class FineTune:
+    name = "finetune"
+
+    def __init__(self, cfg: SGDConfig) -> None:
+        self.cfg = cfg
+
+    def fit(self, agent: Any, task: Any, ctx: Any) -> None:
+        require_classification(task, self.name)
+        train_split(agent, task, task.train, self.cfg, ctx)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+    def state_bytes(self) -> int:
+        return 0
+
+
+@register("learner", "finetune", SGDConfig)
+def build_finetune(cfg: SGDConfig, env: BuildEnv) -> FineTune:
+    """Plain fine-tuning on each task in turn (lower baseline)."""
+    return FineTune(cfg)

@@ -1,0 +1,112 @@
+"""The shared supervised training step and optimiser settings of the SGD-style learners."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterable, Literal, Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from agentlab.agent import restrict_to_classes
+from agentlab.config import check
+from agentlab.data import Batch
+
+
+@dataclass(frozen=True)
+class SGDConfig:
+    """Optimisation settings shared by the supervised learners."""
+
+    epochs: int = 1
+    """passes over each task's training data"""
+    lr: float = 0.01
+    """learning rate"""
+    batch_size: int = 128
+    """examples per step"""
+    optimizer: Literal["sgd", "adam", "rmsprop"] = "adam"
+    """optimiser, rebuilt at the start of every task"""
+    momentum: float = 0.0
+    """SGD momentum"""
+    weight_decay: float = 0.0
+    """L2 penalty"""
+    grad_clip: float = 0.0
+    """clip the global gradient norm to this value; 0 = off"""
+    max_steps: int = 0
+    """stop a task after this many steps; 0 = no limit (epochs decide)"""
+
+    def __post_init__(self) -> None:
+        check(self.epochs >= 1, "epochs", self.epochs, "an integer >= 1")
+        check(self.lr > 0, "lr", self.lr, "a number > 0")
+        check(self.batch_size >= 1, "batch_size", self.batch_size, "an integer >= 1")
+        check(0 <= self.momentum < 1, "momentum", self.momentum, "in [0, 1)")
+        check(self.weight_decay >= 0, "weight_decay", self.weight_decay, "a number >= 0")
+        check(self.grad_clip >= 0, "grad_clip", self.grad_clip, "a number >= 0")
+        check(self.max_steps >= 0, "max_steps", self.max_steps, "an integer >= 0")
+
+
+def make_optimizer(params: Iterable[torch.nn.Parameter], cfg: Any) -> torch.optim.Optimizer:
+    params = list(params)
+    if not params:
+        raise ValueError("the agent has no trainable parameters for this task; check the plasticity modules' freezing")
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "rmsprop":
+        return torch.optim.RMSprop(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def classification_loss(
+    agent: Any,
+    x: Tensor,
+    y: Tensor,
+    task_ids: Tensor | None,
+    current: Any,
+    classes_by_task: Mapping[int, Sequence[int] | None] | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Mean cross-entropy over a batch whose examples may come from several tasks.
+
+    Each task's examples run through the agent set to that task, and when task
+    labels are visible at test time (task-incremental) its logits are restricted
+    to that task's classes. Returns `(loss, output of the current task's rows)`.
+    """
+    restrict = current.task_label_at_test
+    if task_ids is None:
+        out = agent(x, task_id=current.id)
+        logits = restrict_to_classes(out, current.classes) if restrict else out
+        return F.cross_entropy(logits, y), out
+    total = x.new_zeros(())
+    out_current = None
+    for t in torch.unique(task_ids).tolist():
+        rows = (task_ids == t).nonzero().squeeze(1)
+        out = agent(x[rows], task_id=int(t))
+        classes = (classes_by_task or {}).get(int(t), current.classes if t == current.id else None)
+        logits = restrict_to_classes(out, classes) if restrict else out
+        total = total + F.cross_entropy(logits, y[rows], reduction="sum")
+        if t == current.id:
+            out_current = out
+    return total / x.shape[0], out_current if out_current is not None else out
+
+
+def supervised_step(
+    agent: Any,
+    batch: Batch,
+    optimizer: torch.optim.Optimizer,
+    cfg: Any,
+    task: Any,
+    classes_by_task: Mapping[int, Sequence[int] | None] | None = None,
+) -> dict[str, float]:
+    """One optimisation step of cross-entropy plus the modules' extra loss terms."""
+    agent.train()
+    ce, out = classification_loss(agent, batch.x, batch.y, batch.extra.get("task_ids"), task, classes_by_task)
+    terms = agent.loss_terms(batch, out)
+    loss = ce + sum(terms.values()) if terms else ce
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if cfg.grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(list(agent.trainable_parameters()), cfg.grad_clip)
+    optimizer.step()
+    losses = {"ce": float(ce.detach())}
+    losses.update({k: float(v.detach()) for k, v in terms.items()})
+    losses["total"] = float(loss.detach())
+    return losses

@@ -1,0 +1,76 @@
+"""The memory ledger: what each module keeps, per task and in total, after each task.
+
+Bytes are counted as stored (a bit-packed mask counts one bit per weight), so
+the ledger compares methods by what they really cost to keep, not by how their
+training-time tensors happen to be laid out.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from agentlab.protocols import tensor_bytes
+
+
+def sparsity(module: torch.nn.Module) -> float:
+    """Fraction of exactly-zero entries over the weight matrices/kernels (ndim >= 2) of `module`."""
+    zeros = total = 0
+    for p in module.parameters():
+        if p.ndim >= 2:
+            zeros += int((p == 0).sum())
+            total += p.numel()
+    return zeros / total if total else 0.0
+
+
+def ledger(agent: Any) -> dict[str, Any]:
+    """A snapshot of what `agent` holds: backbone, per-module per-task bytes, learner buffers, counts."""
+    modules: dict[str, dict[str, Any]] = {}
+    for p in agent.plasticity:
+        per_task = {int(k): int(v) for k, v in p.state_bytes().items()}
+        shared = int(p.shared_bytes())
+        modules[p.name] = {
+            "kind": "plasticity",
+            "per_task": {f"{k:03d}": v for k, v in sorted(per_task.items())},
+            "shared": shared,
+            "bytes": shared + sum(per_task.values()),
+        }
+    for m in agent.memories():
+        b = int(m.state_bytes())
+        modules[m.name] = {"kind": "memory", "bytes": b}
+    learner = getattr(agent, "learner", None)
+    if learner is not None and hasattr(learner, "state_bytes"):
+        modules[f"learner_{learner.name}"] = {"kind": "learner", "bytes": int(learner.state_bytes())}
+    # Backbone bytes exclude what plasticity modules already account for (their parameters sit inside it).
+    owned = {id(t) for p in agent.plasticity for t in [*p.parameters(), *p.buffers()]}
+    backbone_tensors = [t for t in [*agent.backbone.parameters(), *agent.backbone.buffers()] if id(t) not in owned]
+    backbone = tensor_bytes(backbone_tensors)
+    params = sum(p.numel() for p in agent.parameters())
+    trainable = sum(p.numel() for p in agent.parameters() if p.requires_grad)
+    total = backbone + sum(m["bytes"] for m in modules.values())
+    return {
+        "backbone_bytes": backbone,
+        "modules": modules,
+        "total_bytes": total,
+        "params": params,
+        "trainable_params": trainable,
+        "sparsity": sparsity(agent.backbone),
+    }
+
+
+def ledger_scalars(entry: dict[str, Any]) -> dict[str, float]:
+    """The ledger as TensorBoard scalars under `ledger/`."""
+    out = {
+        "ledger/backbone_bytes": entry["backbone_bytes"],
+        "ledger/total_bytes": entry["total_bytes"],
+        "ledger/params": entry["params"],
+        "ledger/trainable_params": entry["trainable_params"],
+        "ledger/sparsity": entry["sparsity"],
+    }
+    for name, m in entry["modules"].items():
+        out[f"ledger/{name}/bytes"] = m["bytes"]
+        if m.get("per_task"):
+            last = list(m["per_task"].values())[-1]
+            out[f"ledger/{name}/bytes_last_task"] = last
+    return out

@@ -1,0 +1,297 @@
+"""The loop: one agent over one task stream, measuring what it learns, forgets and keeps.
+
+    for task i in the stream:
+        agent.start_task(task); learner.fit(agent, task); agent.end_task(task)
+        evaluate on every task seen so far and on the next one      -> row i of R
+        (the first time a task is evaluated, the untrained agent is too -> b[j], for FWT)
+        metrics, ledger, module figures -> TensorBoard; summary.json; checkpoint
+
+A run resumed from its last checkpoint continues exactly where the
+uninterrupted run would be: the checkpoint holds the agent, the learner's
+state (replay buffers), the untrained snapshot, R, b and every random state.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Literal
+
+import numpy as np
+import torch
+
+from agentlab import metrics as M
+from agentlab.checkpoint import atomic_write_text, load_latest, save_checkpoint
+from agentlab.config import check
+from agentlab.context import FitContext, NonFiniteLoss, StopRequested
+from agentlab.evaluate import evaluate
+from agentlab.ledger import ledger, ledger_scalars
+from agentlab.seeding import rng_state, set_rng_state
+from agentlab.summary import write_summary
+
+
+@dataclass(frozen=True)
+class LoopConfig:
+    """How the loop evaluates, logs and checkpoints."""
+
+    eval_next: bool = True
+    """also evaluate the next, not yet trained task (forward transfer)"""
+    eval_seen: Literal["all", "final"] = "all"
+    """evaluate every seen task after each task ("all"), or only the current one until the last ("final"; long streams)"""
+    eval_batch_size: int = 1000
+    """examples per evaluation batch"""
+    log_every: int = 20
+    """log training losses every this many steps"""
+    checkpoint: bool = True
+    """write a checkpoint after every task"""
+    keep_checkpoints: int = 2
+    """how many checkpoints to keep (older good ones survive a corrupt newest)"""
+    device: str = "cpu"
+    """torch device"""
+    stop_after_tasks: int = 0
+    """stop (as if killed) after this many tasks of this invocation; 0 = run to the end (tests use it)"""
+
+    def __post_init__(self) -> None:
+        check(self.eval_batch_size >= 1, "eval_batch_size", self.eval_batch_size, "an integer >= 1")
+        check(self.log_every >= 1, "log_every", self.log_every, "an integer >= 1")
+        check(self.keep_checkpoints >= 1, "keep_checkpoints", self.keep_checkpoints, "an integer >= 1")
+        check(self.stop_after_tasks >= 0, "stop_after_tasks", self.stop_after_tasks, "an integer >= 0")
+
+
+@dataclass
+class RunResult:
+    label: str
+    stream: str
+    R: np.ndarray
+    b: np.ndarray
+    metrics: dict[str, float]
+    history: list[dict[str, float]]
+    ledger: list[dict[str, Any]]
+    timings: dict[str, float]
+    task_names: list[str]
+    status: str = "completed"
+    message: str = ""
+    task_inference: dict[str, float] = field(default_factory=dict)
+    out_dir: Path | None = None
+
+    @property
+    def completed(self) -> bool:
+        return self.status == "completed"
+
+
+class _Interrupt:
+    """Turns Ctrl-C into a flag the training step checks, so the loop can save and flush first."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._old: Any = None
+
+    def __enter__(self) -> "_Interrupt":
+        try:
+            self._old = signal.signal(signal.SIGINT, self._handle)
+        except ValueError:  # not the main thread
+            self._old = None
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested:  # a second Ctrl-C stops at once
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
+
+
+def _agent_state(agent: Any) -> dict[str, Any]:
+    learner = agent.learner
+    return {
+        "agent": agent.state_dict(),
+        "learner": learner.state_dict() if learner is not None else {},
+    }
+
+
+def run(
+    agent: Any,
+    stream: Any,
+    *,
+    generator: torch.Generator,
+    out_dir: Path | None = None,
+    cfg: LoopConfig = LoopConfig(),
+    logger: Any = None,
+    resume: bool = False,
+    progress: bool = False,
+    config_record: dict[str, Any] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> RunResult:
+    """Train `agent` on every task of `stream` in order; see the module docstring."""
+    T = len(stream)
+    R = np.full((T, T), np.nan)
+    b = np.full(T, np.nan)
+    history: list[dict[str, float]] = []
+    ledgers: list[dict[str, Any]] = []
+    timings = {"train_s": 0.0, "eval_s": 0.0}
+    inference: dict[str, float] = {}
+    task_names: list[str] = []
+    start_task = 0
+    global_step = 0
+    device = cfg.device
+    agent.to(device)
+    init_agent = copy.deepcopy(agent)  # the untrained agent, for the FWT baseline b[j]
+    ckpt_dir = out_dir / "checkpoints" if out_dir is not None else None
+
+    if resume:
+        if ckpt_dir is None:
+            raise ValueError("resume needs an out_dir holding checkpoints")
+        found = load_latest(ckpt_dir)
+        if found is not None:
+            _, state = found
+            init_agent.load_state_dict(state["init_agent"])
+            agent.load_state_dict(state["agent"])
+            if agent.learner is not None:
+                agent.learner.load_state_dict(state["learner"])
+            loop = state["loop"]
+            R, b = loop["R"].numpy().copy(), loop["b"].numpy().copy()
+            history, ledgers, timings = loop["history"], loop["ledger"], loop["timings"]
+            task_names, inference = loop["task_names"], loop["task_inference"]
+            start_task, global_step = int(loop["next_task"]), int(loop["global_step"])
+            set_rng_state(state["rng"], generator)
+
+    def log_scalar(tag: str, v: float, step: int) -> None:
+        if logger is not None:
+            logger.scalar(tag, v, step)
+
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=T, initial=start_task, desc=agent.label, unit="task", dynamic_ncols=True)
+
+    status, message = "completed", ""
+    done_this_call = 0
+    with _Interrupt() as interrupt:
+        stop = should_stop or (lambda: interrupt.requested)
+        try:
+            for i in range(start_task, T):
+                task = stream[i]
+                if len(task_names) <= i:
+                    task_names.append(task.name)
+                ctx = FitContext(
+                    generator=generator, task_index=i, n_tasks=T, device=device, global_step=global_step,
+                    log_every=cfg.log_every, seen_tasks=lambda i=i: [stream[j] for j in range(i + 1)],
+                    log_scalar=log_scalar, should_stop=lambda: stop() or interrupt.requested,
+                    progress=(lambda info, i=i: bar.set_postfix(task=i, step=info["step"], loss=f"{info['loss']:.3f}", refresh=False)) if bar else (lambda info: None),
+                )
+                t0 = time.perf_counter()
+                agent.start_task(task)
+                agent.learner.fit(agent, task, ctx)
+                agent.end_task(task)
+                global_step = ctx.global_step
+                timings["train_s"] += time.perf_counter() - t0
+
+                t0 = time.perf_counter()
+                last = i == T - 1
+                if cfg.eval_seen == "all" or last:
+                    targets = list(range(i + 1))
+                else:
+                    targets = [i]
+                if cfg.eval_next and i + 1 < T:
+                    targets.append(i + 1)
+                inf_right = inf_total = 0.0
+                for j in targets:
+                    tj = task if j == i else stream[j]
+                    res = evaluate(agent, tj, batch_size=cfg.eval_batch_size, device=device)
+                    R[i, j] = res.acc
+                    if "task_inference_acc" in res.extra and j <= i:
+                        inf_right += res.extra["task_inference_acc"] * res.n
+                        inf_total += res.n
+                    if math.isnan(b[j]):
+                        b[j] = evaluate(init_agent, tj, batch_size=cfg.eval_batch_size, device=device).acc
+                timings["eval_s"] += time.perf_counter() - t0
+                if inf_total:
+                    inference[f"{i:03d}"] = inf_right / inf_total
+
+                figures = M.summarize(_final_filled(R, i), b, i + 1)
+                history.append({"task": i, **figures})
+                entry = ledger(agent)
+                ledgers.append(entry)
+                if logger is not None:
+                    _log_task(logger, agent, R, b, figures, entry, i, inference.get(f"{i:03d}"))
+                done_this_call += 1
+                if ckpt_dir is not None and cfg.checkpoint:
+                    save_checkpoint(
+                        ckpt_dir, i,
+                        {
+                            **_agent_state(agent),
+                            "init_agent": init_agent.state_dict(),
+                            "loop": {
+                                "next_task": i + 1, "global_step": global_step, "R": torch.from_numpy(R.copy()),
+                                "b": torch.from_numpy(b.copy()), "history": history, "ledger": ledgers,
+                                "timings": timings, "task_names": task_names, "task_inference": inference,
+                            },
+                            "rng": rng_state(generator),
+                        },
+                        keep=cfg.keep_checkpoints,
+                    )
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(task=i, step=global_step, acc=f"{100 * figures['avg_acc']:.1f}")
+                if cfg.stop_after_tasks and done_this_call >= cfg.stop_after_tasks and i < T - 1:
+                    status, message = "interrupted", f"stopped after task {i} (stop_after_tasks)"
+                    break
+        except StopRequested:
+            status, message = "interrupted", "stopped by request (Ctrl-C); resume with `agentlab run --resume DIR`"
+        except NonFiniteLoss as e:
+            status, message = "failed", str(e)
+        finally:
+            if bar is not None:
+                bar.close()
+            if logger is not None:
+                logger.flush()
+
+    n_done = len(history)
+    final = {k: v for k, v in history[-1].items() if k != "task"} if history else {}
+    if inference:
+        final["task_inference_acc"] = float(np.mean(list(inference.values())))
+    result = RunResult(
+        label=agent.label, stream=getattr(stream, "name", "stream"), R=R[:n_done, :] if n_done else R[:0],
+        b=b, metrics=final, history=history, ledger=ledgers, timings=timings, task_names=task_names,
+        status=status, message=message, task_inference=inference, out_dir=out_dir,
+    )
+    if out_dir is not None:
+        write_summary(out_dir / "summary.json", result, config_record or {})
+    return result
+
+
+def _final_filled(R: np.ndarray, i: int) -> np.ndarray:
+    """R up to row i; with eval_seen="final" the missing entries stay NaN and metrics skip them."""
+    return R[: i + 1, : i + 1]
+
+
+def _log_task(logger: Any, agent: Any, R: np.ndarray, b: np.ndarray, figures: dict, entry: dict, i: int, inf: float | None) -> None:
+    from agentlab.tblog import heatmap_image
+
+    step = i
+    for k in ("avg_acc", "bwt", "fwt", "forgetting"):
+        logger.scalar(f"cl/{k}", figures[k], step)
+    if i >= 1:
+        f = M.forgetting_per_task(R[: i + 1, : i + 1], i + 1)
+        for j, v in enumerate(f):
+            logger.scalar(f"cl/forgetting/task_{j:03d}", v, step)
+    for j in range(R.shape[1]):
+        if not np.isnan(R[i, j]):
+            logger.scalar(f"eval/acc/task_{j:03d}", R[i, j], step)
+    if inf is not None:
+        logger.scalar("eval/task_inference_acc", inf, step)
+    logger.scalars(ledger_scalars(entry), step)
+    logger.scalars(agent.scalars(), step)
+    for tag, img in agent.images().items():
+        logger.image(tag, img, step)
+    n = R.shape[1]
+    if n <= 64:
+        logger.image("cl/accuracy_matrix", heatmap_image(R[: i + 1, : min(n, i + 2)]), step)
+    logger.flush()

@@ -1,0 +1,204 @@
+"""The plug-in kinds: plasticity modules, memory modules and learners.
+
+Each kind is a `typing.Protocol` (what the agent and loop call) plus a base
+class with no-op defaults, so a module overrides only the hooks it uses.
+Hooks *return* values (loss terms, scalars, byte counts); they never reach into
+another module's fields.
+
+Hook order, fixed by `agentlab.agent.Agent` (documented there too):
+
+    attach(backbone)                      once, when the agent is built, in list order
+    on_task_start(task)                   plasticity in list order, then memory in list order
+      per training step:
+        set_task(task_id)                 plasticity, before every forward
+        forward                           backbone (memory modules are called by the backbone)
+        extra_loss(batch, output)         plasticity then memory; named terms summed into the loss
+        backward, optimizer step          the learner
+        after_step(step)                  plasticity then memory
+      after_epoch(epoch)                  plasticity, after each pass over the task's data
+    on_task_end(task)                     plasticity in *reverse* list order (unwinding), then memory
+    evaluation:                            set_task(id) when the label is given, else infer_task(x)
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Iterable, NamedTuple, Protocol, runtime_checkable
+
+import torch
+from torch import Tensor, nn
+
+if TYPE_CHECKING:
+    from agentlab.data import Batch
+    from agentlab.task import Task
+
+
+def tensor_bytes(tensors: Iterable[Tensor]) -> int:
+    """Bytes held by `tensors` as stored (dtype size times elements)."""
+    return int(sum(t.numel() * t.element_size() for t in tensors))
+
+
+# ---------------------------------------------------------------------------- plasticity
+
+
+@runtime_checkable
+class Plasticity(Protocol):
+    """How a backbone's weights may change per task (masks, sparse rewiring, adapters)."""
+
+    name: str
+
+    def attach(self, backbone: nn.Module) -> None: ...
+    def on_task_start(self, task: "Task") -> None: ...
+    def on_task_end(self, task: "Task") -> None: ...
+    def set_task(self, task_id: int | None) -> None: ...
+    def infer_task(self, x: Tensor, forward: Any) -> Tensor | None: ...
+    def extra_loss(self, batch: "Batch", output: Tensor) -> dict[str, Tensor]: ...
+    def after_step(self, step: int) -> None: ...
+    def after_epoch(self, epoch: int) -> None: ...
+    def state_bytes(self) -> dict[int, int]: ...
+    def scalars(self) -> dict[str, float]: ...
+
+
+class PlasticityModule(nn.Module):
+    """Base class for plasticity modules: every hook is a no-op until overridden.
+
+    A module wraps backbone layers in `attach` (keeping each original as
+    `base_layer`, PEFT style) and keeps per-task state keyed by task id. A module
+    whose state grows per task must restore itself from `load_state_dict` on a
+    freshly attached instance (create the per-task entries the state names):
+    checkpoints resume that way.
+    """
+
+    name: str = "plasticity"
+
+    def attach(self, backbone: nn.Module) -> None:
+        """Wrap the layers this module changes. Called once, before any task."""
+
+    def on_task_start(self, task: "Task") -> None:
+        """Create this task's state (scores, masks, adapters) and choose what trains."""
+
+    def on_task_end(self, task: "Task") -> None:
+        """Freeze or consolidate this task's state."""
+
+    def set_task(self, task_id: int | None) -> None:
+        """Select the task whose state the wrapped layers use; None = no task state (base layers)."""
+
+    def infer_task(self, x: Tensor, forward: Any) -> Tensor | None:
+        """Predicted task ids (B,) for inputs `x` when no label is given, or None if this module cannot tell.
+
+        `forward(x)` runs the agent's backbone, so a module can probe it (SupSup's entropy gradient).
+        """
+        return None
+
+    def extra_loss(self, batch: "Batch", output: Tensor) -> dict[str, Tensor]:
+        """Named loss terms added to the task loss (regularisers)."""
+        return {}
+
+    def after_step(self, step: int) -> None:
+        """Called after every optimizer step (re-apply masks, rewire every N steps)."""
+
+    def after_epoch(self, epoch: int) -> None:
+        """Called after every pass over the task's training data (SET rewires here)."""
+
+    def state_bytes(self) -> dict[int, int]:
+        """Bytes this module keeps for each task id, as it stores them (bit-packed masks count 1 bit)."""
+        return {}
+
+    def shared_bytes(self) -> int:
+        """Bytes this module keeps that belong to no single task (fixed random weights, a Hopfield matrix)."""
+        return 0
+
+    def scalars(self) -> dict[str, float]:
+        """Figures for TensorBoard under `plasticity/<name>/<figure>`."""
+        return {}
+
+    def images(self) -> dict[str, Tensor]:
+        """Images (C, H, W) in [0, 1] for TensorBoard under `plasticity/<name>/<image>`."""
+        return {}
+
+
+# ---------------------------------------------------------------------------- memory
+
+
+class MemoryState(NamedTuple):
+    """Placeholder type: each memory module defines its own NamedTuple of tensors."""
+
+
+@runtime_checkable
+class Memory(Protocol):
+    """What an agent can store and read back. State is explicit data passed in and returned."""
+
+    name: str
+
+    def initial_state(self, batch_size: int, device: torch.device | str = "cpu") -> Any: ...
+    def forward(self, x: Tensor, state: Any) -> tuple[Tensor, Any]: ...
+    def reset(self) -> None: ...
+    def on_task_start(self, task: "Task") -> None: ...
+    def on_task_end(self, task: "Task") -> None: ...
+    def state_bytes(self) -> int: ...
+    def scalars(self) -> dict[str, float]: ...
+
+
+class MemoryModule(nn.Module):
+    """Base class for recurrent memories (DNC, memory transformer) with explicit state."""
+
+    name: str = "memory"
+
+    def initial_state(self, batch_size: int, device: torch.device | str = "cpu") -> Any:
+        raise NotImplementedError
+
+    def forward(self, x: Tensor, state: Any) -> tuple[Tensor, Any]:  # noqa: D401
+        raise NotImplementedError
+
+    def reset(self) -> None:
+        """Forget stored content kept *inside* the module (stores); recurrent state lives outside."""
+
+    def on_task_start(self, task: "Task") -> None:
+        """Reset per task or per episode where configured."""
+
+    def on_task_end(self, task: "Task") -> None:
+        """Consolidate or keep memory across tasks."""
+
+    def extra_loss(self, batch: "Batch", output: Tensor) -> dict[str, Tensor]:
+        return {}
+
+    def after_step(self, step: int) -> None:
+        """Called after every optimizer step."""
+
+    def state_bytes(self) -> int:
+        """Bytes of stored content (not parameters) this module holds now."""
+        return 0
+
+    def scalars(self) -> dict[str, float]:
+        """Figures for TensorBoard under `memory/<name>/<figure>` (usage, occupancy, hit rate...)."""
+        return {}
+
+    def images(self) -> dict[str, Tensor]:
+        """Images (C, H, W) in [0, 1] for TensorBoard under `memory/<name>/<image>`."""
+        return {}
+
+
+@runtime_checkable
+class Store(Protocol):
+    """A bounded key-value store (mini-RAG, Hopfield associative store)."""
+
+    capacity: int
+
+    def write(self, keys: Tensor, values: Any, meta: Any = None) -> None: ...
+    def retrieve(self, query: Tensor, k: int = 1) -> Any: ...
+    def reset(self) -> None: ...
+    def __len__(self) -> int: ...
+
+
+# ---------------------------------------------------------------------------- learner
+
+
+@runtime_checkable
+class Learner(Protocol):
+    """The update rule: trains an agent on one task (fine-tuning, replay, joint, an episode learner, RL)."""
+
+    name: str
+
+    def fit(self, agent: Any, task: "Task", ctx: Any) -> None: ...
+    def state_dict(self) -> dict[str, Any]: ...
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+    def state_bytes(self) -> int: ...

@@ -1,0 +1,165 @@
+"""Recipes: TOML files naming a stream and one or more agents to run over it.
+
+    description = "..."
+    seed = 0
+    [stream]                 name = a registered stream, plus its config keys
+    [loop]                   `agentlab.loop.LoopConfig` keys
+    [agents.<label>]         one table per agent compared in the run:
+        backbone = { name = "mlp", hidden = [100] }
+        learner = { name = "replay", buffer_size = 200 }
+        plasticity = [ { name = "supsup", ... } ]      (optional)
+        memory = [ { name = "dnc", ... } ]             (optional)
+
+A recipe with a single agent may write `[backbone]`, `[learner]`,
+`[[plasticity]]`, `[[memory]]` at the top level instead of `[agents.X]`.
+
+`--set key=value` overrides any key: `stream.scenario="task"`,
+`agents.replay.learner.buffer_size=500`; a key under `backbone.`, `learner.`,
+`plasticity.` or `memory.` without `agents.` applies to every agent.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.resources
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from agentlab import registry
+from agentlab._toml import TOMLDecodeError, load
+from agentlab.agent import Agent
+from agentlab.config import ConfigError, build_config, parse_value, set_path, suggest
+from agentlab.loop import LoopConfig
+
+TOP_KEYS = ("description", "seed", "deterministic", "stream", "loop", "agents", "backbone", "learner", "plasticity", "memory")
+AGENT_KEYS = ("backbone", "learner", "plasticity", "memory")
+DEFAULT_RECIPE = "digits-split"
+
+
+def recipes_dir() -> Path:
+    return Path(str(importlib.resources.files("agentlab") / "recipes"))
+
+
+def shipped_recipes() -> dict[str, Path]:
+    return {p.stem: p for p in sorted(recipes_dir().glob("*.toml"))}
+
+
+def read_recipe(name_or_path: str) -> tuple[str, dict[str, Any]]:
+    """(recipe name, raw table) for a shipped recipe name or a path to a TOML file."""
+    shipped = shipped_recipes()
+    path = Path(name_or_path)
+    if name_or_path in shipped:
+        path = shipped[name_or_path]
+    elif not (path.suffix == ".toml" and path.is_file()):
+        raise ConfigError(
+            f"unknown recipe {name_or_path!r}" + suggest(name_or_path, shipped)
+            + f"; shipped recipes: {', '.join(shipped)}; or give a path to a .toml file"
+        )
+    try:
+        with open(path, "rb") as f:
+            table = load(f)
+    except TOMLDecodeError as e:
+        raise ConfigError(f"recipe {path} is not valid TOML: {e}") from None
+    return path.stem, table
+
+
+def apply_overrides(table: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """A copy of `table` with each `key=value` applied (agent-level keys broadcast to every agent)."""
+    table = copy.deepcopy(table)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r} is not key=value (for example --set learner.lr=0.01)")
+        key, text = item.split("=", 1)
+        key, value = key.strip(), parse_value(text.strip())
+        head = key.split(".", 1)[0]
+        if head not in TOP_KEYS:
+            raise ConfigError(f"--set {key}: unknown key {head!r}" + suggest(head, TOP_KEYS) + f"; top-level keys: {', '.join(TOP_KEYS)}")
+        if head in AGENT_KEYS and "agents" in table:
+            for label in table["agents"]:
+                set_path(table["agents"][label], key, value)
+        else:
+            set_path(table, key, value)
+    return table
+
+
+@dataclass
+class Resolved:
+    """A recipe after overrides and checks, ready to build."""
+
+    name: str
+    table: dict[str, Any]
+    seed: int
+    deterministic: bool
+    loop: LoopConfig
+    agents: dict[str, dict[str, Any]]
+
+
+def resolve(name: str, table: dict[str, Any]) -> Resolved:
+    for key in table:
+        if key not in TOP_KEYS:
+            raise ConfigError(f"unknown key {key!r} in recipe {name!r}" + suggest(key, TOP_KEYS) + f"; allowed: {', '.join(TOP_KEYS)}")
+    if "stream" not in table or "name" not in table["stream"]:
+        raise ConfigError(f"recipe {name!r} needs a [stream] table with a 'name'")
+    seed = table.get("seed", 0)
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+        raise ConfigError(f"seed={seed!r} is not allowed: seed must be an integer >= 0")
+    det = table.get("deterministic", False)
+    if not isinstance(det, bool):
+        raise ConfigError(f"deterministic={det!r} is not allowed: deterministic must be true or false")
+    loop = build_config(LoopConfig, table.get("loop", {}), where="loop")
+    if "agents" in table:
+        if any(k in table for k in AGENT_KEYS):
+            raise ConfigError(f"recipe {name!r} has both [agents.*] and top-level {AGENT_KEYS}: use one form")
+        agents = dict(table["agents"])
+    else:
+        agents = {name: {k: table[k] for k in AGENT_KEYS if k in table}}
+    if not agents:
+        raise ConfigError(f"recipe {name!r} defines no agent")
+    for label, spec in agents.items():
+        if not isinstance(spec, dict):
+            raise ConfigError(f"agents.{label} must be a table")
+        for k in spec:
+            if k not in AGENT_KEYS:
+                raise ConfigError(f"unknown key agents.{label}.{k!r}" + suggest(k, AGENT_KEYS) + f"; allowed: {', '.join(AGENT_KEYS)}")
+        for k in ("backbone", "learner"):
+            if k not in spec:
+                raise ConfigError(f"agents.{label} needs a {k} table with a 'name'")
+    return Resolved(name, table, seed, det, loop, agents)
+
+
+def check_components(resolved: Resolved) -> None:
+    """Check every component's name and config without building anything heavy."""
+    registry.get("stream", resolved.table["stream"]["name"], where="stream")
+    st = dict(resolved.table["stream"])
+    build_config(registry.get("stream", st.pop("name")).config_cls, st, where="stream")
+    for label, spec in resolved.agents.items():
+        for kind in ("backbone", "learner"):
+            t = dict(spec[kind])
+            where = f"agents.{label}.{kind}"
+            if "name" not in t:
+                raise ConfigError(f"{where} needs a 'name' key")
+            build_config(registry.get(kind, t.pop("name"), where=where).config_cls, t, where=where)
+        for kind in ("plasticity", "memory"):
+            items = spec.get(kind, [])
+            if not isinstance(items, list):
+                raise ConfigError(f"agents.{label}.{kind} must be a list of tables ([[{kind}]])")
+            for n, item in enumerate(items):
+                t = dict(item)
+                where = f"agents.{label}.{kind}.{n}"
+                if "name" not in t:
+                    raise ConfigError(f"{where} needs a 'name' key")
+                build_config(registry.get(kind, t.pop("name"), where=where).config_cls, t, where=where)
+
+
+def build_stream(resolved: Resolved, env: registry.BuildEnv) -> Any:
+    return registry.build("stream", resolved.table["stream"], env, where="stream")
+
+
+def build_agent(label: str, spec: dict[str, Any], env: registry.BuildEnv) -> Agent:
+    where = f"agents.{label}"
+    backbone = registry.build("backbone", spec["backbone"], env, where=f"{where}.backbone")
+    plasticity = [registry.build("plasticity", t, env, where=f"{where}.plasticity.{i}") for i, t in enumerate(spec.get("plasticity", []))]
+    memory = [registry.build("memory", t, env, where=f"{where}.memory.{i}") for i, t in enumerate(spec.get("memory", []))]
+    learner = registry.build("learner", spec["learner"], env, where=f"{where}.learner")
+    return Agent(backbone, plasticity=plasticity, memory=memory, learner=learner, label=label)

@@ -1,0 +1,1 @@
+"""Plasticity modules: how a backbone's weights may change per task."""

@@ -1,0 +1,1 @@
+"""Task streams: Avalanche-built benchmarks, few-shot episodes, algorithmic sequences, environments, people."""
