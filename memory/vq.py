@@ -17,6 +17,11 @@ where N~ is N with Laplace smoothing. Codes whose averaged count N_k falls under
 `dead_threshold` are restarted on random encoder outputs of the batch (as in
 Jukebox, Dhariwal et al. 2020, and SoundStream, Zeghidour et al. 2021) so that
 codebook usage stays high. `usage()` and `perplexity` say how many codes are live.
+
+With `normalize=True` inputs and codes live on the unit sphere and the nearest
+code is the most cosine-similar one (the l2-normalised codebook of ViT-VQGAN,
+Yu et al. 2021): encoders of different modalities, whose raw output scales
+differ, then share codes instead of each collapsing onto one far-away code.
 """
 
 from __future__ import annotations
@@ -42,12 +47,14 @@ class VectorQuantizer(nn.Module):
 
     def __init__(
         self, *, num_codes: int, dim: int, beta: float = 0.25, decay: float = 0.99, eps: float = 1e-5,
-        dead_threshold: float = 0.03,
+        dead_threshold: float = 0.03, normalize: bool = False,
     ) -> None:
         super().__init__()
         self.num_codes, self.dim, self.beta, self.decay, self.eps = num_codes, dim, beta, decay, eps
-        self.dead_threshold = dead_threshold
+        self.dead_threshold, self.normalize = dead_threshold, normalize
         embed = torch.randn(num_codes, dim) / math.sqrt(dim)
+        if normalize:
+            embed = F.normalize(embed, dim=-1)
         self.register_buffer("embed", embed)  # (K, D) the codebook
         self.register_buffer("ema_count", torch.ones(num_codes))  # (K,) N_k
         self.register_buffer("ema_sum", embed.clone())  # (K, D) m_k
@@ -62,6 +69,8 @@ class VectorQuantizer(nn.Module):
     def nearest(self, z: Tensor) -> Tensor:
         """Index (...) of the nearest code to each vector of z (..., D), by squared Euclidean distance."""
         flat = rearrange(z, "... d -> (...) d")
+        if self.normalize:
+            return (F.normalize(flat, dim=-1) @ self.embed.t()).argmax(1).view(z.shape[:-1])
         dist = flat.pow(2).sum(1, keepdim=True) - 2 * flat @ self.embed.t() + self.embed.pow(2).sum(1)[None]  # (M, K)
         return dist.argmin(1).view(z.shape[:-1])
 
@@ -71,6 +80,8 @@ class VectorQuantizer(nn.Module):
 
     def forward(self, z: Tensor) -> VQOutput:
         """Quantise z (..., D); in training mode also update the codebook by EMA."""
+        if self.normalize:
+            z = F.normalize(z, dim=-1)
         if self.training and not bool(self.initialised):
             self._init_from(z.detach())
         codes = self.nearest(z.detach())
@@ -103,7 +114,8 @@ class VectorQuantizer(nn.Module):
         self.ema_sum.mul_(g).add_(onehot.t() @ flat, alpha=1 - g)
         n = self.ema_count.sum()
         smoothed = (self.ema_count + self.eps) / (n + self.num_codes * self.eps) * n  # Laplace smoothing
-        self.embed.copy_(self.ema_sum / smoothed[:, None])
+        embed = self.ema_sum / smoothed[:, None]
+        self.embed.copy_(F.normalize(embed, dim=-1) if self.normalize else embed)
         dead = self.ema_count < self.dead_threshold
         if dead.any():
             n_dead = int(dead.sum())
