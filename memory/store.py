@@ -133,8 +133,21 @@ class EpisodeStore:
         labels = torch.as_tensor(labels).long().cpu()
         if keys.shape[1] != self.key_dim or tokens.shape[1] > self.max_tokens:
             raise ValueError(f"keys (B, {self.key_dim}) and tokens (B, <= {self.max_tokens}) expected, got {tuple(keys.shape)} and {tuple(tokens.shape)}")
-        slots = []
-        for i in range(keys.shape[0]):
+        slots: list[int] = []
+        empty = (self.inserted < 0).nonzero().squeeze(1)[: keys.shape[0]]
+        if len(empty):  # bulk path: empty slots in index order, as `_victim` would pick them one by one
+            n = len(empty)
+            self.tokens[empty] = -1
+            self.tokens[empty, : tokens.shape[1]] = tokens[:n].to(torch.int32)
+            self.keys[empty], self.labels[empty] = keys[:n], labels[:n]
+            self.inserted[empty] = torch.arange(self.n_inserted, self.n_inserted + n)
+            self.last_used[empty] = torch.arange(self.clock + 1, self.clock + n + 1)
+            self.n_inserted += n
+            self.clock += n
+            for j, s in enumerate(empty.tolist()):
+                self.meta[s] = None if meta is None else meta[j]
+            slots = empty.tolist()
+        for i in range(len(slots), keys.shape[0]):
             s = self._victim()
             self.tokens[s] = -1
             self.tokens[s, : tokens.shape[1]] = tokens[i].to(torch.int32)
