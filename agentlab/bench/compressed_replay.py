@@ -19,21 +19,11 @@ from agentlab.registry import BuildEnv
 HEADLINE = 50_000
 
 
-def split_mnist(root: Path, n_per_task: int | None):
-    """Class-incremental Split MNIST (5 tasks of 2 digits); `n_per_task` caps training examples per task."""
-    from agentlab.data import Split
-    from memory._mnist_tmp import load_mnist
-    from scenarios.splits import class_split_stream
+def split_mnist_stream(root: Path, n_per_task: int):
+    """Class-incremental Split MNIST (5 tasks of 2 digits) from the streams loader; `n_per_task` caps training examples (0 = all)."""
+    from scenarios.mnist import split_mnist
 
-    x, y = load_mnist(root, train=True)
-    xt, yt = load_mnist(root, train=False)
-    if n_per_task:
-        g = torch.Generator().manual_seed(0)
-        keep = torch.cat([(y == c).nonzero().squeeze(1)[torch.randperm(int((y == c).sum()), generator=g)[: n_per_task // 2]]
-                          for c in range(10)])
-        x, y = x[keep], y[keep]
-    return class_split_stream("split-mnist-class", Split(x, y), Split(xt, yt), list(range(10)), 2, "class",
-                              input_shape=(1, 28, 28))
+    return split_mnist(root, scenario="class", max_per_task=n_per_task)
 
 
 def run_arm(stream, codec: str, budget: int, epochs: int, seed: int, tokenizer_state=None, tokenizer_steps: int = 1500):
@@ -59,9 +49,9 @@ def bench_compressed_replay(args: BenchArgs, env: BuildEnv) -> BenchResult:
     """Token replay vs raw replay at equal byte budgets on class-incremental Split MNIST."""
     root = Path(args.data_root or env.data_root)
     if args.quick:
-        stream, budgets, epochs, tok_steps = split_mnist(root, 2000), [10_000, HEADLINE], 1, 300
+        stream, budgets, epochs, tok_steps = split_mnist_stream(root, 2000), [10_000, HEADLINE], 1, 300
     else:
-        stream, budgets, epochs, tok_steps = split_mnist(root, None), [10_000, 25_000, HEADLINE, 100_000, 200_000], 1, 1500
+        stream, budgets, epochs, tok_steps = split_mnist_stream(root, 0), [10_000, 25_000, HEADLINE, 100_000, 200_000], 1, 1500
     rows, acc = [], {}
     tokenizer_state = None
     for budget in budgets:

@@ -75,14 +75,16 @@ def n_params(model: nn.Module) -> int:
 @register_bench("ncs")
 def bench_ncs(args: BenchArgs, env: BuildEnv) -> BenchResult:
     """VQ-VAE compression of MNIST and classification on its tokens (NCS)."""
-    from memory._mnist_tmp import load_mnist
+    from scenarios.vision_data import load_tensors
     from memory.vqvae import ImageVQVAE, psnr_db
 
     torch.manual_seed(args.seed)
     g = torch.Generator().manual_seed(args.seed)
     root = Path(args.data_root or env.data_root)
-    x, y = load_mnist(root, train=True)
-    xt, yt = load_mnist(root, train=False)
+    x, y = load_tensors("mnist", root, train=True)
+    x = x.float() / 255
+    xt, yt = load_tensors("mnist", root, train=False)
+    xt = xt.float() / 255
     n_train, n_test = (8000, 2000) if args.quick else (len(x), len(xt))
     vq_steps, clf_epochs, cnn_epochs = (300, 3, 1) if args.quick else (3000, 8, 3)
     x, y, xt, yt = x[:n_train], y[:n_train], xt[:n_test], yt[:n_test]

@@ -22,7 +22,7 @@ from agentlab.registry import BuildEnv
 @register_bench("sense-retrieval")
 def bench_sense_retrieval(args: BenchArgs, env: BuildEnv) -> BenchResult:
     """Spoken digit <-> image, word -> image retrieval; latency at 1e5 stored episodes."""
-    from memory._mnist_tmp import load_mnist
+    from scenarios.vision_data import load_tensors
     from memory.encoders import encode_text
     from memory.sense import WORDS, SenseData, fill_store, tokenize_all, top1, train_sense
     from memory.store import EpisodeStore
@@ -31,8 +31,10 @@ def bench_sense_retrieval(args: BenchArgs, env: BuildEnv) -> BenchResult:
 
     torch.manual_seed(args.seed)
     root = Path(args.data_root or env.data_root)
-    x, y = load_mnist(root, train=True)
-    xt, yt = load_mnist(root, train=False)
+    x, y = load_tensors("mnist", root, train=True)
+    x = x.float() / 255
+    xt, yt = load_tensors("mnist", root, train=False)
+    xt = xt.float() / 255
     a, ay, _ = load_fsdd(root, "train")
     at, aty, _ = load_fsdd(root, "test")
     steps, n_img_test, n_fill = (150, 1000, 5000) if args.quick else (2000, len(xt), 20_000)
