@@ -120,11 +120,17 @@ class MemoryTransformer(MemoryModule):
         return KVMemoryState(torch.zeros(batch_size, s, d, device=device), torch.zeros(batch_size, s, d, device=device),
                              z, torch.zeros(batch_size, s, dtype=torch.bool, device=device), z.clone())
 
-    def forward(self, x: Tensor, state: KVMemoryState, *, write_mask: Tensor | None = None) -> tuple[Tensor, KVMemoryState]:
-        """x (B, T, F); `write_mask` (B, T) bool says which steps write (default all). Returns (B, T, D) and the new state."""
+    def forward(
+        self, x: Tensor, state: KVMemoryState, *, write_mask: Tensor | None = None, attend: Tensor | None = None
+    ) -> tuple[Tensor, KVMemoryState]:
+        """x (B, T, F) -> (B, T, D) and the new state.
+
+        `write_mask` (B, T) bool: which steps write (default all). `attend` (T, T) bool:
+        True where step i must *not* attend to step j (default: causal, j > i blocked).
+        """
         b, t, _ = x.shape
-        causal = torch.triu(torch.ones(t, t, dtype=torch.bool, device=x.device), 1)
-        h = self.encoder(self.in_proj(x), mask=causal)  # (B, T, D)
+        blocked = attend if attend is not None else torch.triu(torch.ones(t, t, dtype=torch.bool, device=x.device), 1)
+        h = self.encoder(self.in_proj(x), mask=blocked)  # (B, T, D)
         q, k, v = self.to_q(h), self.to_k(h), self.to_v(h)
         g = torch.sigmoid(self.write_gate)
         reads, usage_trace, write_trace, read_trace = [], [], [], []

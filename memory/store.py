@@ -86,7 +86,7 @@ class EpisodeStore:
         self.last_latency_s = 0.0
 
     def __len__(self) -> int:
-        return int((self.inserted >= 0).sum())
+        return min(self.n_inserted, self.capacity)  # slots are never freed singly, only by `reset`
 
     @property
     def occupancy(self) -> float:
@@ -164,14 +164,17 @@ class EpisodeStore:
     # ------------------------------------------------------------------ reading
     def retrieve(self, query: Tensor, k: int = 1, *, touch: bool = True) -> Retrieval:
         """Top-k entries (exact cosine) for each query key (Q, E); empty store -> ValueError."""
-        occ = (self.inserted >= 0).nonzero().squeeze(1)
-        if len(occ) == 0:
-            raise ValueError("retrieve from an empty store")
         t0 = time.perf_counter()
+        n = len(self)
+        if n == 0:
+            raise ValueError("retrieve from an empty store")
         q = F.normalize(query.detach().float().cpu(), dim=-1)
-        keys = self.keys if len(occ) == self.capacity else self.keys[occ]
-        scores, idx = (q @ keys.t()).topk(min(k, len(occ)), dim=1)  # (Q, k)
-        slots = idx if len(occ) == self.capacity else occ[idx]
+        if n == self.capacity:  # full store: no gather of occupied rows
+            scores, slots = (q @ self.keys.t()).topk(min(k, n), dim=1)  # (Q, k)
+        else:
+            occ = (self.inserted >= 0).nonzero().squeeze(1)
+            scores, idx = (q @ self.keys[occ].t()).topk(min(k, n), dim=1)
+            slots = occ[idx]
         dt = time.perf_counter() - t0
         hit = scores[:, 0] >= self.hit_threshold
         self.n_queries += q.shape[0]
