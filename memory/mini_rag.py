@@ -55,6 +55,12 @@ class MiniRAGConfig:
     """which entry leaves a full store first (see memory/store.py)"""
     hit_threshold: float = 0.5
     """a retrieval is a hit when its best cosine similarity reaches this"""
+    index: Literal["exact", "ivf"] = "exact"
+    """exact top-k, or a FAISS IVF index once the store holds ann_min_size entries"""
+    ann_min_size: int = 20000
+    """store size from which the IVF index is used"""
+    nprobe: int = 8
+    """IVF cells scanned per query"""
 
     def __post_init__(self) -> None:
         for key in ("capacity", "key_dim", "max_tokens", "num_codes", "num_labels", "dim", "k", "heads"):
@@ -77,7 +83,8 @@ class MiniRAG(MemoryModule):
         super().__init__()
         self.cfg = cfg
         self.store = EpisodeStore(capacity=cfg.capacity, key_dim=cfg.key_dim, max_tokens=cfg.max_tokens,
-                                  eviction=cfg.eviction, hit_threshold=cfg.hit_threshold)
+                                  eviction=cfg.eviction, hit_threshold=cfg.hit_threshold, index=cfg.index,
+                                  ann_min_size=cfg.ann_min_size, nprobe=cfg.nprobe)
         self.token_embed = nn.Embedding(cfg.num_codes + 1, cfg.dim)  # last id = padding
         self.label_embed = nn.Embedding(cfg.num_labels + 1, cfg.dim)  # last id = no label
         self.rank_embed = nn.Embedding(cfg.k, cfg.dim)

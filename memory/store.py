@@ -11,10 +11,12 @@ Eviction order (when the store is full and a new entry arrives), documented and 
   returned by the same retrieval) go by insertion order, oldest first.
 * ``fifo``: the oldest inserted entry goes first; retrievals do not matter.
 
-Retrieval is exact: cosine similarity of unit keys by one matrix product over the
-occupied slots, then `topk`. At 10^5 entries of 64 dims this is one 25 MB matrix-vector
-product (about a millisecond on a CPU core), so an approximate index (FAISS, HNSW) would
-buy little here and none is installed; see docs/memory-sense.md for the measured figure.
+Retrieval is exact by default: cosine similarity of unit keys by one matrix product over
+the occupied slots, then `topk`. With `index="ivf"`, a store holding at least
+`ann_min_size` entries searches a FAISS inverted-file index instead (`memory.ann`), built
+on first use from the stored keys and kept in step with every write; it is not saved
+(it is rebuilt from the keys after a load). Exact search reads every key per query, which
+at 10^5 entries dominated retrieval latency (docs/memory-sense.md has the figures).
 
 A retrieval is a *hit* when its best score reaches `hit_threshold`.
 
@@ -59,10 +61,14 @@ class EpisodeStore:
     """At most `capacity` tokenized episodes; exact top-k retrieval by cosine similarity."""
 
     def __init__(
-        self, *, capacity: int, key_dim: int, max_tokens: int, eviction: str = "lru", hit_threshold: float = 0.5
+        self, *, capacity: int, key_dim: int, max_tokens: int, eviction: str = "lru", hit_threshold: float = 0.5,
+        index: str = "exact", ann_min_size: int = 20000, nprobe: int = 8,
     ) -> None:
         if eviction not in EVICTIONS:
             raise ValueError(f"eviction={eviction!r} must be one of {EVICTIONS}")
+        if index not in ("exact", "ivf"):
+            raise ValueError(f"index={index!r} must be 'exact' or 'ivf'")
+        self.index, self.ann_min_size, self.nprobe = index, ann_min_size, nprobe
         if capacity < 1 or key_dim < 1 or max_tokens < 1:
             raise ValueError("capacity, key_dim and max_tokens must be >= 1")
         self.capacity, self.key_dim, self.max_tokens = capacity, key_dim, max_tokens
@@ -84,6 +90,7 @@ class EpisodeStore:
         self.n_queries = self.n_hits = 0
         self.latency_s_total = 0.0
         self.last_latency_s = 0.0
+        self._ann = None  # memory.ann.IVFIndex once built
 
     def __len__(self) -> int:
         return min(self.n_inserted, self.capacity)  # slots are never freed singly, only by `reset`
@@ -147,6 +154,8 @@ class EpisodeStore:
             for j, s in enumerate(empty.tolist()):
                 self.meta[s] = None if meta is None else meta[j]
             slots = empty.tolist()
+            if self._ann is not None:
+                self._ann.add(keys[:n], empty)
         for i in range(len(slots), keys.shape[0]):
             s = self._victim()
             self.tokens[s] = -1
@@ -158,6 +167,9 @@ class EpisodeStore:
             self.clock += 1
             self.last_used[s] = self.clock
             self.meta[s] = None if meta is None else meta[i]
+            if self._ann is not None:
+                self._ann.remove(torch.tensor([s]))
+                self._ann.add(keys[i : i + 1], torch.tensor([s]))
             slots.append(s)
         return slots
 
@@ -169,7 +181,16 @@ class EpisodeStore:
         if n == 0:
             raise ValueError("retrieve from an empty store")
         q = F.normalize(query.detach().float().cpu(), dim=-1)
-        if n == self.capacity:  # full store: no gather of occupied rows
+        if self.index == "ivf" and n >= self.ann_min_size:
+            if self._ann is None:
+                from memory.ann import IVFIndex
+
+                occ = (self.inserted >= 0).nonzero().squeeze(1)
+                self._ann = IVFIndex(self.keys[occ], occ, nprobe=self.nprobe)
+                t0 = time.perf_counter()  # building the index is not a retrieval
+            scores, slots = self._ann.search(q, min(k, n))
+            slots = torch.where(slots < 0, slots.new_zeros(()), slots)  # too few found: pad with slot 0
+        elif n == self.capacity:  # full store: no gather of occupied rows
             scores, slots = (q @ self.keys.t()).topk(min(k, n), dim=1)  # (Q, k)
         else:
             occ = (self.inserted >= 0).nonzero().squeeze(1)
@@ -196,7 +217,8 @@ class EpisodeStore:
         header = {
             "format": FORMAT,
             "config": json.dumps({"capacity": self.capacity, "key_dim": self.key_dim, "max_tokens": self.max_tokens,
-                                  "eviction": self.eviction, "hit_threshold": self.hit_threshold}),
+                                  "eviction": self.eviction, "hit_threshold": self.hit_threshold, "index": self.index,
+                                  "ann_min_size": self.ann_min_size, "nprobe": self.nprobe}),
             "counters": json.dumps({"clock": self.clock, "n_inserted": self.n_inserted, "n_queries": self.n_queries,
                                     "n_hits": self.n_hits, "latency_s_total": self.latency_s_total}),
             "meta": json.dumps(self.meta),

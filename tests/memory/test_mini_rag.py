@@ -139,3 +139,21 @@ def test_state_dict_round_trip_keeps_store():
     b.load_state_dict(a.state_dict())
     q = torch.randn(2, 4)
     assert torch.equal(a.store.retrieve(q, 2, touch=False).slots, b.store.retrieve(q, 2, touch=False).slots)
+
+
+def test_ivf_index_agrees_with_exact_and_follows_writes():
+    torch.manual_seed(0)
+    centers = torch.nn.functional.normalize(torch.randn(20, 16), dim=-1)
+    keys = centers.repeat(100, 1) + 0.05 * torch.randn(2000, 16)
+    exact = EpisodeStore(capacity=2000, key_dim=16, max_tokens=2)
+    ivf = EpisodeStore(capacity=2000, key_dim=16, max_tokens=2, index="ivf", ann_min_size=500, nprobe=4)
+    for s in (exact, ivf):
+        s.write(keys, torch.zeros(2000, 2, dtype=torch.long), torch.arange(2000) % 20)
+    q = keys[:50] + 0.01 * torch.randn(50, 16)
+    a, b = exact.retrieve(q, k=1, touch=False), ivf.retrieve(q, k=1, touch=False)
+    assert ivf._ann is not None and len(ivf._ann) == 2000
+    assert (a.labels == b.labels).float().mean() >= 0.95
+    new = torch.nn.functional.normalize(torch.randn(1, 16), dim=-1)
+    slot = ivf.write(new, torch.zeros(1, 2, dtype=torch.long), [7])[0]  # evicts one entry and takes its slot
+    assert len(ivf._ann) == 2000
+    assert ivf.retrieve(new, k=1, touch=False).slots[0, 0] == slot
