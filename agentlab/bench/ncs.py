@@ -86,7 +86,7 @@ def bench_ncs(args: BenchArgs, env: BuildEnv) -> BenchResult:
     xt, yt = load_tensors("mnist", root, train=False)
     xt = xt.float() / 255
     n_train, n_test = (8000, 2000) if args.quick else (len(x), len(xt))
-    vq_steps, clf_epochs, cnn_epochs = (300, 3, 1) if args.quick else (3000, 8, 3)
+    vq_steps, clf_epochs, cnn_epochs = (300, 3, 1) if args.quick else (3000, 5, 1)
     x, y, xt, yt = x[:n_train], y[:n_train], xt[:n_test], yt[:n_test]
 
     vqvae = ImageVQVAE(num_codes=128, dim=32)
