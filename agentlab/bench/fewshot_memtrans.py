@@ -34,7 +34,7 @@ def bench_fewshot_memtrans(args: BenchArgs, env: BuildEnv) -> BenchResult:
     split = omniglot_split(root, "standard")
     train_pool = ClassPool(split.train_x, split.train_y, rotations=(0, 1, 2, 3))
     test_pool = ClassPool(split.test_x, split.test_y)
-    budget_s, n_test = (45.0, 100) if args.quick else (1800.0, 1000)
+    budget_s, n_test = (30.0, 50) if args.quick else (1800.0, 1000)
     net = MemTransNet(MemTransNetConfig(ways=5, memory=MemoryTransformerConfig(in_features=1, dim=128, layers=2, slots=500)))
     learner = MemTransLearner(MemTransLearnerConfig(episodes=10**7, batch=8, time_budget_s=budget_s))
     agent = Agent(net, learner=learner)
