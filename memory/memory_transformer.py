@@ -58,6 +58,9 @@ class MemoryTransformerConfig:
     """when the memory is emptied: every episode, at every task start, or never"""
     write_gate_init: float = -2.0
     """initial logit of the interpolation between last-read and least-used slots (negative: mostly LRU)"""
+    address_features: int = 0
+    """>0: read queries and write keys come from separate address features of this size through one
+    tied projection (content addressing as in MANN); 0: both from the encoder states"""
 
     def __post_init__(self) -> None:
         for key in ("in_features", "dim", "heads", "layers", "slots"):
@@ -109,6 +112,10 @@ class MemoryTransformer(MemoryModule):
         layer = nn.TransformerEncoderLayer(d, cfg.heads, 2 * d, dropout=0.0, batch_first=True, norm_first=True)
         self.encoder = nn.TransformerEncoder(layer, cfg.layers, enable_nested_tensor=False)
         self.to_q, self.to_k, self.to_v = nn.Linear(d, d), nn.Linear(d, d), nn.Linear(d, d)
+        if cfg.address_features:
+            # one projection for both read queries and write keys: at initialisation a read
+            # already finds the slots written with similar address features
+            self.address = nn.Sequential(nn.LayerNorm(cfg.address_features), nn.Linear(cfg.address_features, d))
         self.write_gate = nn.Parameter(torch.tensor(cfg.write_gate_init))
         self.out_proj = nn.Sequential(nn.LayerNorm(2 * d), nn.Linear(2 * d, d))
         self.trace: dict[str, Tensor] = {}
@@ -121,17 +128,24 @@ class MemoryTransformer(MemoryModule):
                              z, torch.zeros(batch_size, s, dtype=torch.bool, device=device), z.clone())
 
     def forward(
-        self, x: Tensor, state: KVMemoryState, *, write_mask: Tensor | None = None, attend: Tensor | None = None
+        self, x: Tensor, state: KVMemoryState, *, write_mask: Tensor | None = None, attend: Tensor | None = None,
+        read_address: Tensor | None = None, write_address: Tensor | None = None,
     ) -> tuple[Tensor, KVMemoryState]:
         """x (B, T, F) -> (B, T, D) and the new state.
 
         `write_mask` (B, T) bool: which steps write (default all). `attend` (T, T) bool:
         True where step i must *not* attend to step j (default: causal, j > i blocked).
+        With `address_features`, `read_address` and `write_address` (B, T, A) give the
+        features that read queries and write keys are computed from.
         """
         b, t, _ = x.shape
         blocked = attend if attend is not None else torch.triu(torch.ones(t, t, dtype=torch.bool, device=x.device), 1)
         h = self.encoder(self.in_proj(x), mask=blocked)  # (B, T, D)
-        q, k, v = self.to_q(h), self.to_k(h), self.to_v(h)
+        if self.cfg.address_features and read_address is not None and write_address is not None:
+            q, k = self.address(read_address), self.address(write_address)
+        else:
+            q, k = self.to_q(h), self.to_k(h)
+        v = self.to_v(h)
         g = torch.sigmoid(self.write_gate)
         reads, usage_trace, write_trace, read_trace = [], [], [], []
         for i in range(t):

@@ -65,7 +65,7 @@ class MemTransNet(nn.Module):
         super().__init__()
         self.cfg = cfg
         e, n = cfg.channels, cfg.ways
-        mem_cfg = MemoryTransformerConfig(**{**cfg.memory.__dict__, "in_features": 2 * e + n})
+        mem_cfg = MemoryTransformerConfig(**{**cfg.memory.__dict__, "in_features": 2 * e + n, "address_features": e})
         self.embed = conv4(e)
         self.memory = MemoryTransformer(mem_cfg)
         self.head = nn.Linear(mem_cfg.dim, n)
@@ -75,8 +75,14 @@ class MemTransNet(nn.Module):
         return self.embed(x)
 
     def run(self, rows: Tensor, write_mask: Tensor | None = None, attend: Tensor | None = None) -> Tensor:
-        """rows (B, T, F) -> logits (B, T, N); memory starts empty (one episode per batch row)."""
-        y, _ = self.memory(rows, self.memory.initial_state(rows.shape[0], rows.device), write_mask=write_mask, attend=attend)
+        """rows (B, T, F) -> logits (B, T, N); memory starts empty (one episode per batch row).
+
+        Reads are addressed by the current image's embedding, writes by the embedding of the
+        image whose label the row carries (MANN's content-based addressing).
+        """
+        e = self.cfg.channels
+        y, _ = self.memory(rows, self.memory.initial_state(rows.shape[0], rows.device), write_mask=write_mask, attend=attend,
+                           read_address=rows[..., :e], write_address=rows[..., e : 2 * e])
         return self.head(y)
 
 
