@@ -37,7 +37,7 @@ def bench_sense_retrieval(args: BenchArgs, env: BuildEnv) -> BenchResult:
     xt = xt.float() / 255
     a, ay, _ = load_fsdd(root, "train")
     at, aty, _ = load_fsdd(root, "test")
-    steps, n_img_test, n_fill = (150, 1000, 5000) if args.quick else (1500, len(xt), 20_000)
+    steps, n_img_test, n_fill = (150, 1000, 5000) if args.quick else (600, len(xt), 20_000)
     xt, yt = xt[:n_img_test], yt[:n_img_test]
 
     tok = SharedTokenizer(num_codes=256, dim=64, key_dim=64)
