@@ -16,6 +16,7 @@ episodes). Recurrent state is explicit and starts from `initial_state` inside
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
@@ -79,27 +80,44 @@ def evaluate_episodes(agent: Any, episodes: Iterable[Episode | SequentialEpisode
     agent.eval()
     report = EpisodeReport([])
     try:
-        for ep in episodes:
-            reset_memories(agent)
-            with torch.no_grad():
-                logits = episode_logits(agent, ep, device).cpu()
-            if isinstance(ep, SequentialEpisode):
-                correct = (logits.argmax(-1) == ep.y).float()  # (T,)
-                hits, counts = accuracy_by_sighting(correct, ep.sighting, int(ep.sighting.max()) + 1)
-                if report.sighting_hits is None:
-                    report.sighting_hits, report.sighting_counts = hits, counts
-                else:
-                    p = max(hits.shape[0], report.sighting_hits.shape[0])
-                    pad = lambda v: torch.nn.functional.pad(v, (0, p - v.shape[0]))
-                    report.sighting_hits = pad(report.sighting_hits) + pad(hits)
-                    report.sighting_counts = pad(report.sighting_counts) + pad(counts)
-                report.protocol = "sequential"
-            else:
-                correct = (logits.argmax(-1) == ep.query_y).float()  # (N*Q,)
-            report.accs.append(float(correct.mean()))
+        with _embedding_cache(agent, episodes, device):
+            _collect(agent, episodes, device, report)
     finally:
         agent.train(was_training)
     return report
+
+
+def _embedding_cache(agent: Any, episodes: Any, device: str) -> Any:
+    """The learner's embedding cache over the episodes' pool when both exist and it saves work (standard protocol)."""
+    cache = getattr(agent.learner, "embedding_cache", None)
+    pool = getattr(episodes, "pool", None)
+    if cache is None or pool is None or getattr(episodes, "protocol", "") != "standard":
+        return nullcontext()
+    per_episode = episodes.ways * (episodes.shots + episodes.queries)
+    if len(episodes) * per_episode < pool.x.shape[0] * len(pool.rotations):
+        return nullcontext()  # fewer images in the episodes than in the pool: embedding them directly is cheaper
+    return cache(agent, pool, device)
+
+
+def _collect(agent: Any, episodes: Iterable[Episode | SequentialEpisode], device: str, report: EpisodeReport) -> None:
+    for ep in episodes:
+        reset_memories(agent)
+        with torch.no_grad():
+            logits = episode_logits(agent, ep, device).cpu()
+        if isinstance(ep, SequentialEpisode):
+            correct = (logits.argmax(-1) == ep.y).float()  # (T,)
+            hits, counts = accuracy_by_sighting(correct, ep.sighting, int(ep.sighting.max()) + 1)
+            if report.sighting_hits is None:
+                report.sighting_hits, report.sighting_counts = hits, counts
+            else:
+                p = max(hits.shape[0], report.sighting_hits.shape[0])
+                pad = lambda v: torch.nn.functional.pad(v, (0, p - v.shape[0]))
+                report.sighting_hits = pad(report.sighting_hits) + pad(hits)
+                report.sighting_counts = pad(report.sighting_counts) + pad(counts)
+            report.protocol = "sequential"
+        else:
+            correct = (logits.argmax(-1) == ep.query_y).float()  # (N*Q,)
+        report.accs.append(float(correct.mean()))
 
 
 @register_evaluator("episode")

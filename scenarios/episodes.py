@@ -76,16 +76,27 @@ class ClassPool:
     def min_class_size(self) -> int:
         return int((self.offsets[1:] - self.offsets[:-1]).min())
 
-    def draw(self, c: int, n: int, generator: torch.Generator) -> Tensor:
-        """`n` distinct examples of class `c` in random order: (n, C, H, W)."""
+    def pick(self, c: int, n: int, generator: torch.Generator) -> Tensor:
+        """Keys (n, 2) of `n` distinct examples of class `c` in random order: (row of `x`, quarter turns)."""
         b, r = divmod(c, len(self.rotations))
         lo, size = int(self.offsets[b]), self.class_size(c)
         if n > size:
             raise ValueError(f"class {c} has {size} examples; an episode asked for {n}")
-        pick = self.order[lo + torch.randperm(size, generator=generator)[:n]]
-        x = self.x[pick]
-        turns = self.rotations[r]
-        return torch.rot90(x, turns, dims=(-2, -1)) if turns else x
+        rows = self.order[lo + torch.randperm(size, generator=generator)[:n]]
+        return torch.stack([rows, torch.full_like(rows, self.rotations[r])], dim=1)
+
+    def images(self, keys: Tensor) -> Tensor:
+        """(n, C, H, W) images of keys (n, 2) = (row, quarter turns)."""
+        x = self.x[keys[:, 0]]
+        for turns in keys[:, 1].unique().tolist():
+            if turns:
+                rows = keys[:, 1] == turns
+                x[rows] = torch.rot90(x[rows], turns, dims=(-2, -1))
+        return x
+
+    def draw(self, c: int, n: int, generator: torch.Generator) -> Tensor:
+        """`n` distinct examples of class `c` in random order: (n, C, H, W)."""
+        return self.images(self.pick(c, n, generator))
 
 
 @dataclass(frozen=True)
@@ -101,6 +112,8 @@ class Episode:
     shots: int
     queries: int
     protocol: str = "standard"
+    support_keys: Tensor | None = None  # (N*K, 2) pool keys (row, quarter turns): lets a learner reuse cached embeddings
+    query_keys: Tensor | None = None  # (N*Q, 2)
 
 
 @dataclass(frozen=True)
@@ -150,14 +163,17 @@ class EpisodeSampler:
         """One episode; `ways`/`shots`/`queries` override the sampler's sizes (training episodes differ from test)."""
         n, k, q = ways or self.ways, shots or self.shots, queries or self.queries
         classes = _choose_classes(self.pool, n, generator)
-        drawn = torch.stack([self.pool.draw(int(c), k + q, generator) for c in classes])  # (N, K+Q, C, H, W)
+        keys = torch.stack([self.pool.pick(int(c), k + q, generator) for c in classes])  # (N, K+Q, 2)
+        support_keys = rearrange(keys[:, :k], "n k two -> (n k) two")
+        query_keys = rearrange(keys[:, k:], "n q two -> (n q) two")
         labels = torch.arange(n)
         return Episode(
-            support_x=rearrange(drawn[:, :k], "n k c h w -> (n k) c h w"),
+            support_x=self.pool.images(support_keys),
             support_y=labels.repeat_interleave(k),
-            query_x=rearrange(drawn[:, k:], "n q c h w -> (n q) c h w"),
+            query_x=self.pool.images(query_keys),
             query_y=labels.repeat_interleave(q),
             classes=classes, ways=n, shots=k, queries=q,
+            support_keys=support_keys, query_keys=query_keys,
         )
 
     def sequential(self, generator: torch.Generator, *, ways: int | None = None, per_class: int = 10) -> "SequentialEpisode":

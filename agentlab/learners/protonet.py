@@ -19,8 +19,10 @@ gets logit -inf (at the first step every class is unseen and the logits are 0).
 
 from __future__ import annotations
 
+import time
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -74,6 +76,8 @@ class ProtoNetConfig:
     """halve the learning rate every this many episodes (paper: 2,000); 0 = never"""
     weight_decay: float = 0.0
     """L2 penalty"""
+    time_budget_s: float = 0.0
+    """stop training after this many seconds even if episodes remain (a CPU budget); 0 = no limit"""
 
     def __post_init__(self) -> None:
         check(self.episodes >= 0, "episodes", self.episodes, "an integer >= 0")
@@ -83,6 +87,7 @@ class ProtoNetConfig:
         check(self.lr > 0, "lr", self.lr, "a number > 0")
         check(self.lr_halve_every >= 0, "lr_halve_every", self.lr_halve_every, "an integer >= 0")
         check(self.weight_decay >= 0, "weight_decay", self.weight_decay, "a number >= 0")
+        check(self.time_budget_s >= 0, "time_budget_s", self.time_budget_s, "a number >= 0")
 
 
 class ProtoNet:
@@ -92,6 +97,7 @@ class ProtoNet:
 
     def __init__(self, cfg: ProtoNetConfig) -> None:
         self.cfg = cfg
+        self.episodes_done = 0  # training episodes of the last `fit` (less than cfg.episodes when the time budget ran out)
 
     @staticmethod
     def embed(agent: Any, x: Tensor) -> Tensor:
@@ -115,7 +121,10 @@ class ProtoNet:
         opt = torch.optim.Adam(agent.trainable_parameters(), lr=c.lr, weight_decay=c.weight_decay)
         sched = torch.optim.lr_scheduler.StepLR(opt, c.lr_halve_every, 0.5) if c.lr_halve_every else None
         agent.train()
+        start, self.episodes_done = time.perf_counter(), 0
         for _ in range(c.episodes):
+            if c.time_budget_s and time.perf_counter() - start > c.time_budget_s:
+                break
             ep = task.train.sample(ctx.generator, ways=ways, shots=shots, queries=c.train_queries)
             loss, acc = self.episode_loss(agent, ep, ctx.device)
             opt.zero_grad(set_to_none=True)
@@ -124,15 +133,46 @@ class ProtoNet:
             if sched is not None:
                 sched.step()
             agent.after_step(ctx.global_step)
+            self.episodes_done += 1
             ctx.step({"ce": float(loss.detach()), "total": float(loss.detach()), "train_episode_acc": acc},
                      ep.query_x.shape[0])
+
+    @contextmanager
+    def embedding_cache(self, agent: Any, pool: Any, device: str = "cpu", batch: int = 1024) -> Iterator[None]:
+        """Embed every example of `pool` (each rotation) once; episodes with pool keys then look embeddings up.
+
+        Exact in evaluation mode, where batch norm uses its running statistics and
+        an image's embedding does not depend on the rest of the batch: 1,000 test
+        episodes then cost one pass over the test pool instead of 1,000 passes.
+        """
+        table: Tensor | None = None  # (M, 4, D) by (row, quarter turns)
+        with torch.no_grad():
+            for turns in pool.rotations:
+                for lo in range(0, pool.x.shape[0], batch):
+                    x = pool.x[lo : lo + batch]
+                    x = torch.rot90(x, turns, dims=(-2, -1)) if turns else x
+                    z = self.embed(agent, x.to(device))
+                    if table is None:
+                        table = z.new_zeros(pool.x.shape[0], 4, z.shape[1])
+                    table[lo : lo + batch, turns] = z
+        self._table = table
+        try:
+            yield
+        finally:
+            self._table = None
+
+    def _embed_keyed(self, agent: Any, x: Tensor, keys: Tensor | None, device: str) -> Tensor:
+        table = getattr(self, "_table", None)
+        if table is not None and keys is not None:
+            return table[keys[:, 0], keys[:, 1]]
+        return self.embed(agent, x.to(device))
 
     def predict_episode(self, agent: Any, episode: Any, device: str = "cpu") -> Tensor:
         """(N*Q, N) query logits for an `Episode`; (T, N) step logits for a `SequentialEpisode`."""
         if getattr(episode, "protocol", "standard") == "sequential":
             return sequential_logits(self.embed(agent, episode.x.to(device)), episode.y.to(device), episode.ways)
-        zs = self.embed(agent, episode.support_x.to(device))
-        zq = self.embed(agent, episode.query_x.to(device))
+        zs = self._embed_keyed(agent, episode.support_x, episode.support_keys, device)
+        zq = self._embed_keyed(agent, episode.query_x, episode.query_keys, device)
         return neg_sq_dist(zq, prototypes(zs, episode.support_y.to(device), episode.ways))
 
     def state_dict(self) -> dict[str, Any]:
