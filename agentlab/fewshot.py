@@ -47,10 +47,11 @@ def protocol_overrides(ways: int, shots: int, queries: int | None, episodes: int
     return out
 
 
-def run_fewshot(resolved: Any, data_root: Path | None) -> tuple[Any, list[FewShotResult]]:
-    """Train every agent of the recipe on task 0's training classes; evaluate on its test episodes."""
-    import torch
+def run_fewshot(resolved: Any, data_root: Path | None, keep: dict[str, Any] | None = None) -> tuple[Any, list[FewShotResult]]:
+    """Train every agent of the recipe on task 0's training classes; evaluate on its test episodes.
 
+    With `keep` (a dict), the last trained agent and the task are left in it as `keep["agent"]`, `keep["task"]`.
+    """
     from agentlab import recipe as recipes
     from agentlab.context import FitContext
     from agentlab.registry import BuildEnv
@@ -82,8 +83,8 @@ def run_fewshot(resolved: Any, data_root: Path | None) -> tuple[Any, list[FewSho
         done = getattr(agent.learner, "episodes_done", ctx.global_step)
         results.append(FewShotResult(label, report.mean, report.ci95, len(report.accs), train_s, eval_s, done,
                                      report.by_sighting()))
-        del agent
-        torch.cuda.empty_cache() if torch.cuda.is_available() else None
+        if keep is not None:
+            keep.update(agent=agent, task=task)
     return stream, results
 
 
