@@ -14,6 +14,7 @@ Python API (used by learners, the `episode` evaluator and memory models):
     seq.x (T, C, H, W), seq.y (T,), seq.prev_label (T, N) one-hot of y[t-1] (zeros at t=0),
     seq.sighting (T,) 0 for a class's first appearance, 1 for its second...
     seq.model_input() (T, C*H*W + N): the flattened image concatenated with the previous label
+    stack_sequential([seq, ...]) -> {"x": (B, T, C, H, W), "y": (B, T), "prev_label", "sighting", "inputs"}
 
     EpisodeSet(pool, n=600, seed=0, ways=5, shots=1, queries=15)   # a fixed, lazy list of test episodes
 
@@ -194,6 +195,20 @@ def sequential_episode(pool: ClassPool, ways: int, per_class: int, generator: to
     seen = torch.nn.functional.one_hot(y, ways).cumsum(0) - 1  # (T, N) running count per class, minus self
     sighting = seen.gather(1, y[:, None]).squeeze(1)
     return SequentialEpisode(x, y, prev, sighting, classes, ways)
+
+
+def stack_sequential(episodes: Sequence[SequentialEpisode]) -> dict[str, Tensor]:
+    """A batch of B sequential episodes of equal length: x (B, T, C, H, W), y (B, T), prev_label (B, T, N),
+    sighting (B, T), inputs (B, T, C*H*W + N) (`model_input` of each), for memory models trained on batches."""
+    if not episodes or len({(e.x.shape, e.ways) for e in episodes}) != 1:
+        raise ValueError("stack_sequential needs at least one episode, all of the same length and ways")
+    return {
+        "x": torch.stack([e.x for e in episodes]),
+        "y": torch.stack([e.y for e in episodes]),
+        "prev_label": torch.stack([e.prev_label for e in episodes]),
+        "sighting": torch.stack([e.sighting for e in episodes]),
+        "inputs": torch.stack([e.model_input() for e in episodes]),
+    }
 
 
 class EpisodeSet:

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from scenarios.episodes import (
-    ClassPool, EpisodeSampler, EpisodeSet, accuracy_by_sighting, mean_ci95, sequential_episode,
+    ClassPool, EpisodeSampler, EpisodeSet, accuracy_by_sighting, mean_ci95, sequential_episode, stack_sequential,
 )
 
 
@@ -105,3 +105,9 @@ def test_accuracy_by_sighting_and_ci95_by_hand():
     sd = math.sqrt(((0.9 - 0.925) ** 2 + 0.075**2 + 0.125**2 + 0.075**2) / 3)
     assert m == pytest.approx(0.925) and h == pytest.approx(1.96 * sd / 2)
     assert mean_ci95([0.5]) == (0.5, 0.0)
+
+
+def test_stack_sequential_batches_episodes():
+    eps = list(EpisodeSet(_pool(), 3, seed=0, ways=4, protocol="sequential", per_class=2))
+    b = stack_sequential(eps)
+    assert b["x"].shape == (3, 8, 1, 6, 6) and b["inputs"].shape == (3, 8, 40) and b["y"][1].equal(eps[1].y)
