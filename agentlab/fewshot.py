@@ -47,16 +47,11 @@ def protocol_overrides(ways: int, shots: int, queries: int | None, episodes: int
     return out
 
 
-def run_fewshot(resolved: Any, data_root: Path | None, keep: dict[str, Any] | None = None) -> tuple[Any, list[FewShotResult]]:
-    """Train every agent of the recipe on task 0's training classes; evaluate on its test episodes.
-
-    With `keep` (a dict), the last trained agent and the task are left in it as `keep["agent"]`, `keep["task"]`.
-    """
+def prepare(resolved: Any, data_root: Path | None) -> tuple[Any, Any, Any]:
+    """(stream, its first task, the build env) for a resolved recipe with an episode stream."""
     from agentlab import recipe as recipes
-    from agentlab.context import FitContext
     from agentlab.registry import BuildEnv
     from agentlab.seeding import seed_everything
-    from scenarios.episode_eval import evaluate_episodes
 
     recipes.check_components(resolved)
     env = BuildEnv(seed=resolved.seed, data_root=data_root)
@@ -66,25 +61,39 @@ def run_fewshot(resolved: Any, data_root: Path | None, keep: dict[str, Any] | No
     task = stream[0]
     if task.kind != "episode":
         raise UserError(f"stream {stream.name!r} has tasks of kind {task.kind!r}; `agentlab fewshot` needs an episode stream")
+    return stream, task, env
+
+
+def train_agent(resolved: Any, label: str, env: Any, task: Any) -> tuple[Any, float, int]:
+    """Build agent `label` of the recipe and train it on the task's training classes: (agent, seconds, episodes)."""
+    from agentlab import recipe as recipes
+    from agentlab.context import FitContext
+    from agentlab.seeding import seed_everything
+
     device = resolved.loop.device
+    generator = seed_everything(resolved.seed, deterministic=resolved.deterministic)
+    agent = recipes.build_agent(label, resolved.agents[label], env).to(device)
+    ctx = FitContext(generator=generator, task_index=0, n_tasks=1, device=device)
+    t0 = time.perf_counter()
+    agent.start_task(task)
+    agent.learner.fit(agent, task, ctx)
+    agent.end_task(task)
+    return agent, time.perf_counter() - t0, getattr(agent.learner, "episodes_done", ctx.global_step)
+
+
+def run_fewshot(resolved: Any, data_root: Path | None) -> tuple[Any, list[FewShotResult]]:
+    """Train every agent of the recipe on task 0's training classes; evaluate on its test episodes."""
+    from scenarios.episode_eval import evaluate_episodes
+
+    stream, task, env = prepare(resolved, data_root)
     results = []
-    for label, spec in resolved.agents.items():
-        generator = seed_everything(resolved.seed, deterministic=resolved.deterministic)
-        agent = recipes.build_agent(label, spec, env).to(device)
-        ctx = FitContext(generator=generator, task_index=0, n_tasks=1, device=device)
+    for label in resolved.agents:
+        agent, train_s, done = train_agent(resolved, label, env, task)
         t0 = time.perf_counter()
-        agent.start_task(task)
-        agent.learner.fit(agent, task, ctx)
-        agent.end_task(task)
-        train_s = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        report = evaluate_episodes(agent, task.eval, device=device)
+        report = evaluate_episodes(agent, task.eval, device=resolved.loop.device)
         eval_s = time.perf_counter() - t0
-        done = getattr(agent.learner, "episodes_done", ctx.global_step)
         results.append(FewShotResult(label, report.mean, report.ci95, len(report.accs), train_s, eval_s, done,
                                      report.by_sighting()))
-        if keep is not None:
-            keep.update(agent=agent, task=task)
     return stream, results
 
 

@@ -3,21 +3,25 @@
 One conv-4 protonet is trained on 1-shot episodes of the 1,200 training
 characters (with rotations) and tested on 1,000 fixed 5-way and 1,000 fixed
 20-way 1-shot episodes (15 queries per class) of the 423 test characters.
-Paper (Snell et al. 2017): 98.8% and 96.0%. The full mode stops training when
-its 30-minute CPU budget runs out (`learner.time_budget_s`) and reports how
-many training episodes that allowed. Quick mode: the same code with a few
-dozen training episodes and 100 / 50 test episodes (accuracy far below the paper's).
+Paper (Snell et al. 2017): 98.8% and 96.0%, after far more training than a
+CPU budget allows. The full mode stops training when its 30-minute budget
+runs out (`learner.time_budget_s`) and reports how many episodes that allowed;
+it trains 20-way rather than the paper's 60-way episodes because, at a fixed
+CPU budget, three times more (smaller) optimiser steps train faster.
+Quick mode: the same code with 40 training episodes (45 s budget) and
+100 / 50 test episodes (an accuracy far below the paper's: a pipeline check).
 """
 
 from __future__ import annotations
 
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 from agentlab.bench import BenchArgs, BenchResult, register_bench
 from agentlab.registry import BuildEnv
 
-FULL = {"episodes": 20000, "train_ways": 60, "time_budget_s": 1780.0, "test": 1000, "test_20": 1000}
+FULL = {"episodes": 20000, "train_ways": 20, "time_budget_s": 1780.0, "test": 1000, "test_20": 1000}
 QUICK = {"episodes": 40, "train_ways": 20, "time_budget_s": 45.0, "test": 100, "test_20": 50}
 
 
@@ -25,7 +29,7 @@ QUICK = {"episodes": 40, "train_ways": 20, "time_budget_s": 45.0, "test": 100, "
 def bench_fewshot_omniglot(args: BenchArgs, env: BuildEnv) -> BenchResult:
     """Protonet on Omniglot 5-way / 20-way 1-shot (goal 97% / 92%; paper 98.8 / 96.0)."""
     from agentlab import recipe as recipes
-    from agentlab.fewshot import run_fewshot
+    from agentlab.fewshot import prepare, train_agent
     from scenarios.episode_eval import evaluate_episodes
     from scenarios.episodes import EpisodeSet
 
@@ -38,27 +42,27 @@ def bench_fewshot_omniglot(args: BenchArgs, env: BuildEnv) -> BenchResult:
     ]
     resolved = recipes.resolve(name, recipes.apply_overrides(table, overrides))
     root = Path(args.data_root) if args.data_root else env.data_root
-    # run_fewshot trains and evaluates 5-way; keep the agent to evaluate 20-way on the same test pool.
-    kept = {}
-    stream, (r5,) = run_fewshot(resolved, root, keep=kept)
-    agent, task = kept["agent"], kept["task"]
+    _, task, build_env = prepare(resolved, root)
+    agent, train_s, done = train_agent(resolved, next(iter(resolved.agents)), build_env, task)
     five = task.eval
     twenty = EpisodeSet(five.pool, b["test_20"], five.seed, ways=20, shots=1, queries=15)
     t0 = time.perf_counter()
-    rep20 = evaluate_episodes(agent, twenty)
-    eval20_s = time.perf_counter() - t0
-    metrics = {"acc_5w1s": r5.mean, "acc_20w1s": rep20.mean, "ci95_5w1s": r5.ci95, "ci95_20w1s": rep20.ci95,
-               "train_s": r5.train_s, "train_episodes": float(r5.train_episodes),
-               "eval_s": r5.eval_s + eval20_s}
+    cache = getattr(agent.learner, "embedding_cache", None)
+    with cache(agent.eval(), five.pool) if cache and not args.quick else nullcontext():  # one pass serves both sets
+        rep5 = evaluate_episodes(agent, five)
+        rep20 = evaluate_episodes(agent, twenty)
+    eval_s = time.perf_counter() - t0
+    metrics = {"acc_5w1s": rep5.mean, "acc_20w1s": rep20.mean, "ci95_5w1s": rep5.ci95, "ci95_20w1s": rep20.ci95,
+               "train_s": train_s, "train_episodes": float(done), "eval_s": eval_s}
     rows = [
-        {"test": "5-way 1-shot", "acc": r5.mean, "ci95": r5.ci95, "episodes": r5.episodes, "paper": 0.988},
+        {"test": "5-way 1-shot", "acc": rep5.mean, "ci95": rep5.ci95, "episodes": len(rep5.accs), "paper": 0.988},
         {"test": "20-way 1-shot", "acc": rep20.mean, "ci95": rep20.ci95, "episodes": len(rep20.accs), "paper": 0.960},
     ]
     goals = {
-        "5-way 1-shot >= 97%": "met" if r5.mean >= 0.97 else f"NOT met ({100 * r5.mean:.2f}%)",
+        "5-way 1-shot >= 97%": "met" if rep5.mean >= 0.97 else f"NOT met ({100 * rep5.mean:.2f}%)",
         "20-way 1-shot >= 92%": "met" if rep20.mean >= 0.92 else f"NOT met ({100 * rep20.mean:.2f}%)",
-        "trained within 30 minutes": "met" if r5.train_s <= 1800 else f"NOT met ({r5.train_s:.0f} s)",
+        "trained within 30 minutes": "met" if train_s <= 1800 else f"NOT met ({train_s:.0f} s)",
     }
-    notes = (f"trained {r5.train_episodes} episodes of {b['train_ways']}-way 1-shot 5-query in {r5.train_s:.0f} s "
-             f"(budget {b['time_budget_s']:.0f} s, CPU threads shared with other jobs)")
+    notes = (f"trained {done} episodes of {b['train_ways']}-way 1-shot 5-query in {train_s:.0f} s "
+             f"(budget {b['time_budget_s']:.0f} s on a CPU shared with other jobs; OMP_NUM_THREADS decides the threads)")
     return BenchResult(metrics, rows, goals, notes)

@@ -145,6 +145,9 @@ class ProtoNet:
         an image's embedding does not depend on the rest of the batch: 1,000 test
         episodes then cost one pass over the test pool instead of 1,000 passes.
         """
+        if getattr(self, "_table", None) is not None and getattr(self, "_table_pool", None) is pool:
+            yield  # already inside a cache of this pool (re-entrant: several episode sets share one pass)
+            return
         table: Tensor | None = None  # (M, 4, D) by (row, quarter turns)
         with torch.no_grad():
             for turns in pool.rotations:
@@ -155,11 +158,11 @@ class ProtoNet:
                     if table is None:
                         table = z.new_zeros(pool.x.shape[0], 4, z.shape[1])
                     table[lo : lo + batch, turns] = z
-        self._table = table
+        self._table, self._table_pool = table, pool
         try:
             yield
         finally:
-            self._table = None
+            self._table, self._table_pool = None, None
 
     def _embed_keyed(self, agent: Any, x: Tensor, keys: Tensor | None, device: str) -> Tensor:
         table = getattr(self, "_table", None)
