@@ -90,3 +90,11 @@ def test_evaluator_names_a_learner_without_predict_episode():
 
     with pytest.raises(ValueError, match="finetune.*predict_episode"):
         evaluate(Agent(torch.nn.Identity(), learner=Plain()), _toy_task("standard"))
+
+
+def test_omniglot_to_mnist_cross_domain(data_root):
+    s = build("stream", {"name": "omniglot-episodes", "eval_source": "fashion", "eval_classes": [0, 6, 2, 4],
+                         "ways": 3, "queries": 2, "eval_episodes": 2}, BuildEnv(data_root=data_root))
+    t = s[0]
+    assert s.name == "omniglot-to-fashion" and t.train.pool.n_classes == 4800 and t.eval.pool.n_classes == 4
+    assert t.eval[0].query_x.shape == (6, 1, 28, 28)
