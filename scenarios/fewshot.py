@@ -25,34 +25,17 @@ from typing import Literal
 import torch
 
 from agentlab.config import check
-from agentlab.datasets import require_files
 from agentlab.registry import BuildEnv, register
 from agentlab.task import LazyStream, Task
 from scenarios.episodes import ClassPool, EpisodeSampler, EpisodeSet
+from scenarios.mnist import data_root
 from scenarios.omniglot import omniglot_split
-
-MNIST_FILES = {
-    "mnist": ("MNIST", ["train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"]),
-    "fashion": ("FashionMNIST", ["train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"]),
-}
-
-
-def data_root(env: BuildEnv) -> Path:
-    from agentlab.runner import default_data_root
-
-    return Path(env.data_root) if env.data_root else default_data_root()
-
+from scenarios.vision_data import load_tensors
 
 def load_digits28(root: Path, name: str, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """MNIST or Fashion-MNIST as (N, 1, 28, 28) floats in [0, 1] and (N,) labels, via torchvision, offline."""
-    folder, files = MNIST_FILES[name]
-    require_files(root, [f"{folder}/raw/{f}" for f in files], dataset=folder,
-                  hint="the four original IDX .gz files go in <data_root>/" + folder + "/raw/")
-    from torchvision import datasets
-
-    cls = datasets.MNIST if name == "mnist" else datasets.FashionMNIST
-    ds = cls(str(root), train=train, download=True)  # the .gz files are there: torchvision only extracts them
-    return ds.data.float().div(255.0).unsqueeze(1), ds.targets.long()
+    """MNIST or Fashion-MNIST as (N, 1, 28, 28) floats in [0, 1] and (N,) labels (the shared loader, scaled)."""
+    x, y = load_tensors(name, root, train=train)
+    return x.float().div(255.0), y
 
 
 def class_pool(x: torch.Tensor, y: torch.Tensor, classes: list[int], rotations: tuple[int, ...] = (0,)) -> ClassPool:
