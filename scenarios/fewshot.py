@@ -27,6 +27,7 @@ import torch
 from agentlab.config import check
 from agentlab.registry import BuildEnv, register
 from agentlab.task import LazyStream, Task
+import scenarios.episode_eval  # noqa: F401  (registers the `episode` evaluator wherever these streams are built)
 from scenarios.episodes import ClassPool, EpisodeSampler, EpisodeSet
 from scenarios.mnist import data_root
 from scenarios.omniglot import omniglot_split
