@@ -38,3 +38,8 @@ def test_fewshot_sequential_prints_accuracy_by_sighting(data_root):
 def test_fewshot_bad_recipe_key_is_a_clean_error(data_root):
     p = _run(["--ways", "5", "--shots", "1", "--set", "learner.nope=1"], data_root)
     assert p.returncode == 2 and "nope" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_fewshot_without_omniglot_names_the_missing_zip(tmp_path):
+    p = _run(["--ways", "5", "--shots", "1"], tmp_path)
+    assert p.returncode == 2 and "images_background.zip" in p.stderr and "Traceback" not in p.stderr
