@@ -158,11 +158,12 @@ class ProtoNet:
                     if table is None:
                         table = z.new_zeros(pool.x.shape[0], 4, z.shape[1])
                     table[lo : lo + batch, turns] = z
+        outer = getattr(self, "_table", None), getattr(self, "_table_pool", None)
         self._table, self._table_pool = table, pool
         try:
             yield
         finally:
-            self._table, self._table_pool = None, None
+            self._table, self._table_pool = outer
 
     def _embed_keyed(self, agent: Any, x: Tensor, keys: Tensor | None, device: str) -> Tensor:
         table = getattr(self, "_table", None)
