@@ -110,4 +110,5 @@ def test_dnc_copy_recipe_smoke(tmp_path):
     ea.Reload()
     tags = ea.Tags()
     assert "memory/dnc/usage" in tags["scalars"] and "memory/dnc/occupancy" in tags["scalars"]
+    assert "memory/dnc/usage_hist" in tags["histograms"]
     assert {"memory/dnc/allocation", "memory/dnc/link", "memory/dnc/read_weights", "memory/dnc/write_weights"} <= set(tags["images"])

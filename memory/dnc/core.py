@@ -137,6 +137,6 @@ class DNC(MemoryModule):
         """Allocation, write and read weights over time (slots x time) and the link matrix, batch element 0."""
         return {k: _image(v) for k, v in self._last.items() if k != "usage"}
 
-    def usage_histogram(self) -> Tensor | None:
-        """Usage of every slot of every sequence at the end of the last unroll, for a histogram."""
-        return self._last.get("usage")
+    def histograms(self) -> dict[str, Tensor]:
+        """Usage of every slot of every sequence at the end of the last unroll (`memory/dnc/usage_hist`)."""
+        return {"usage_hist": self._last["usage"].flatten()} if "usage" in self._last else {}
