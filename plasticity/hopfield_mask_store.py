@@ -9,7 +9,7 @@ Recall from a cue (classic asynchronous-free variant): s ← sign(W s) for a few
 ties kept. Storkey's rule keeps about d / sqrt(2 ln d) random patterns stable (Storkey 1997),
 against 0.14 d for the Hebbian rule; `capacity` reports that figure. From cues with 10% of
 bits flipped, recall is exact up to about half of it (`reliable_capacity`, measured for
-d = 256 to 1000) and reaches a few percent bit error at `capacity`.
+d = 256 to 1000) and reaches about 4-8% bit error at `capacity`.
 
 Recovery by gradient (HopSupSup, Wortsman et al. 2020, Sec. 3.5): a free score vector
 s ∈ R^d is moved down an objective annealed from a task objective (SupSup's output
