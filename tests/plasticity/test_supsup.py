@@ -198,3 +198,31 @@ def test_per_task_batchnorm_keeps_old_statistics():
     sup.on_task_start(t1)
     net(torch.randn(16, 4) + 5)
     assert torch.equal(net[1].per_task["0"].running_mean, stats)
+
+
+def test_figures_hopfield_store_and_confusion():
+    agent, stream = make_agent(SupSupConfig(hopfield=True, infer="hopfield", hopfield_steps=5)), toy_stream()
+    for i in range(2):
+        train(agent, stream[i])
+    sup = agent.plasticity[0]
+    agent.eval()
+    guess = agent.infer_task(stream[0].eval.x)
+    assert set(guess.tolist()) <= {0, 1}  # recovery lands on a stored task
+    agent.observe_inference(0, guess)
+    s = sup.scalars()
+    assert s["hopfield/patterns"] == 2 and s["hopfield/recall_exact"] == 1.0
+    assert s["hopfield/d"] == 64 * 6 and s["hopfield/bytes"] == (64 * 6) ** 2 * 4 == sup.shared_bytes()
+    assert all(s[f"density/{n}"] == 0.5 for n in ("0", "2", "4"))
+    imgs = sup.images()
+    assert set(imgs) == {"mask_overlap", "task_inference_confusion"}
+
+
+def test_config_errors_name_the_key():
+    from agentlab.config import ConfigError
+
+    with pytest.raises(ConfigError, match="density"):
+        SupSupConfig(density=0.0)
+    with pytest.raises(ConfigError, match="infer"):
+        SupSupConfig(infer="hopfield", hopfield=False)
+    with pytest.raises(ValueError, match="matches no Linear"):
+        SupSup(SupSupConfig(layers="nothing")).attach(mlp())
