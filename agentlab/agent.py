@@ -121,6 +121,13 @@ class Agent(nn.Module):
                 return guess
         return None
 
+    def observe_inference(self, true_task: int, guess: Tensor) -> None:
+        """Tell the plasticity modules the true task of examples whose task was inferred (evaluation only)."""
+        for p in self.plasticity:
+            hook = getattr(p, "observe_inference", None)
+            if hook is not None:
+                hook(true_task, guess)
+
     def predict(self, x: Tensor, task_id: int | None = None) -> tuple[Tensor, Tensor | None]:
         """Outputs for `x`; without a task label, tasks are inferred where a module can.
 
