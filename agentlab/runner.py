@@ -81,7 +81,9 @@ def run_recipe(
         generator = seed_everything(resolved.seed, deterministic=resolved.deterministic)
         agent = recipes.build_agent(label, spec, env)
         agent.to(resolved.loop.device)
-        logger = TBLogger(arm_dir)
+        # On resume, TensorBoard drops training events logged after the checkpoint (the re-run repeats them).
+        purge = _checkpoint_step(arm_dir) if resume else None
+        logger = TBLogger(arm_dir, purge_step=purge)
         if not resume:
             hp = flatten_dict({"seed": resolved.seed, "stream": resolved.table["stream"], **spec})
             logger.hparams_table(hp)
@@ -100,6 +102,13 @@ def run_recipe(
             break
     write_run_summary(run_dir, resolved, results)
     return run_dir, results
+
+
+def _checkpoint_step(arm_dir: Path) -> int | None:
+    from agentlab.checkpoint import load_latest
+
+    found = load_latest(arm_dir / "checkpoints")
+    return int(found[1]["loop"]["global_step"]) + 1 if found else None
 
 
 def _result_from_summary(arm_dir: Path) -> RunResult:

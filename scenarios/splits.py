@@ -17,6 +17,29 @@ from agentlab.data import Split, class_subset
 from agentlab.task import LazyStream, Task
 
 
+def class_task(
+    name: str, i: int, train: Split, test: Split, classes: tuple[int, ...], scenario: str, n_labels: int
+) -> Task:
+    """Task i holding the examples of `classes`, in `scenario` form (domain: labels 0..k-1 in `classes` order)."""
+    if scenario == "domain":
+        lut = torch.full((n_labels,), -1, dtype=torch.long)
+        lut[list(classes)] = torch.arange(len(classes))
+        train, test = Split(train.x, lut[train.y], train.transform), Split(test.x, lut[test.y], test.transform)
+        out_classes = tuple(range(len(classes)))
+    else:
+        out_classes = tuple(classes)
+    return Task(
+        id=i,
+        name=f"{name}/{'-'.join(map(str, classes))}",
+        kind="classification",
+        train=train,
+        eval=test,
+        classes=out_classes,
+        task_label_at_test=scenario == "task",
+        meta={"original_classes": list(classes)},
+    )
+
+
 def class_split_stream(
     name: str,
     train: Split,
@@ -36,24 +59,7 @@ def class_split_stream(
 
     def make(i: int) -> Task:
         classes = groups[i]
-        tr, te = class_subset(train, classes), class_subset(test, classes)
-        if scenario == "domain":
-            lut = torch.full((max(order) + 1,), -1, dtype=torch.long)
-            lut[list(classes)] = torch.arange(len(classes))
-            tr, te = Split(tr.x, lut[tr.y], tr.transform), Split(te.x, lut[te.y], te.transform)
-            out_classes = tuple(range(len(classes)))
-        else:
-            out_classes = classes
-        return Task(
-            id=i,
-            name=f"{name}/{'-'.join(map(str, classes))}",
-            kind="classification",
-            train=tr,
-            eval=te,
-            classes=out_classes,
-            task_label_at_test=scenario == "task",
-            meta={"original_classes": list(classes)},
-        )
+        return class_task(name, i, class_subset(train, classes), class_subset(test, classes), classes, scenario, max(order) + 1)
 
     return LazyStream(
         name, scenario, len(groups), make, n_classes=n_classes, input_shape=input_shape,
