@@ -110,3 +110,15 @@ def test_imp_learner_runs_rounds_with_the_control():
     assert rows[0]["remaining"] == 1.0 > rows[1]["remaining"] > rows[2]["remaining"]
     assert all(0 <= r["ticket_acc"] <= 1 and 0 <= r["random_acc"] <= 1 for r in rows)
     assert ("plasticity/lottery/ticket_acc", int(round(10_000 * rows[2]["remaining"]))) in logged
+
+
+def test_lottery_state_dict_loads_into_fresh_module():
+    agent, lot = _agent(LotteryConfig())
+    _perturb(lot)
+    lot.prune()
+    agent2, lot2 = _agent(LotteryConfig(), seed=4)
+    agent2.load_state_dict(agent.state_dict())
+    x = torch.randn(3, 30)
+    with torch.no_grad():
+        assert torch.equal(agent2(x), agent(x))
+    assert lot2.rounds == 1 and lot2.remaining() == lot.remaining()
