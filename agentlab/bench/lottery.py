@@ -19,7 +19,7 @@ from __future__ import annotations
 from agentlab.agent import Agent
 from agentlab.backbones.mlp import MLP
 from agentlab.bench import BenchArgs, BenchResult, register_bench
-from agentlab.bench._sparse_common import data_root, goal, say, tb_dir, vision_task
+from agentlab.bench._sparse_common import one_thread, data_root, goal, say, tb_dir, vision_task
 from agentlab.registry import BuildEnv
 from plasticity.lottery import Lottery, LotteryConfig
 from plasticity.lottery_imp import IMPConfig, run_imp
@@ -37,6 +37,7 @@ def bench_lottery(args: BenchArgs, env: BuildEnv) -> BenchResult:
     from agentlab.context import FitContext
     from agentlab.tblog import TBLogger
 
+    one_thread()
     p = QUICK if args.quick else FULL
     task = vision_task("mnist", data_root(args, env), train_n=p["train_n"], test_n=p["test_n"])
     torch.manual_seed(args.seed)
