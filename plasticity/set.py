@@ -46,7 +46,7 @@ class SETConfig:
     zeta: float = 0.3
     """fraction of each layer's trainable connections removed (and regrown) per rewiring"""
     rewire_every: int = 0
-    """rewire every this many optimiser steps; 0 = after every epoch"""
+    """rewire every this many optimiser steps; 0 = between epochs (after every epoch but a task's last)"""
     regrowth: Literal["random", "gradient"] = "random"
     """where connections regrow: uniformly at random (SET) or where |gradient| is largest (RigL)"""
     zeta_schedule: Literal["constant", "cosine"] = "constant"
@@ -102,6 +102,7 @@ class SET(PlasticityModule):
         self.rewire_log: list[dict[str, Any]] = []  # one entry per rewiring, for TensorBoard
         self.last_counts: dict[str, tuple[int, int]] = {}
         self._region: dict[str, Tensor | None] = {}
+        self._epoch_ended = False
 
     # ------------------------------------------------------------------ building
     def attach(self, backbone: nn.Module) -> None:
@@ -159,6 +160,7 @@ class SET(PlasticityModule):
                 self._allocate(name, task.id, self._region[name])
 
     def on_task_end(self, task: Any) -> None:
+        self._epoch_ended = False
         for layer in self.layers.values():
             layer.train_task = None  # its connections are now frozen (owner == task.id < every later task)
             layer.dense_grad = None
@@ -171,10 +173,15 @@ class SET(PlasticityModule):
         self.steps += 1
         if self.cfg.rewire_every and self.steps % self.cfg.rewire_every == 0:
             self.rewire()
+        elif self._epoch_ended:
+            # Per-epoch rewiring happens after the first step of the next epoch, so the last epoch of a task is
+            # never followed by one (SET's reference code skips the last epoch: regrown connections would be untrained).
+            self._epoch_ended = False
+            self.rewire()
 
     def after_epoch(self, epoch: int) -> None:
         if not self.cfg.rewire_every:
-            self.rewire()
+            self._epoch_ended = True
 
     # ------------------------------------------------------------------ rewiring
     def zeta_now(self) -> float:

@@ -25,9 +25,9 @@ FULL = {
     "split-mnist": {"hidden": [400, 400], "epsilon": 8.0, "epochs": 4, "max_per_task": 0, "max_eval_per_task": 0},
     "permuted-mnist": {"hidden": [1000, 1000], "epsilon": 4.0, "epochs": 2, "max_per_task": 0, "max_eval_per_task": 0},
 }
-QUICK = {
+QUICK = {  # smaller budgets: subsets, and 2x400 for Permuted MNIST too
     "split-mnist": {"hidden": [400, 400], "epsilon": 8.0, "epochs": 2, "max_per_task": 2000, "max_eval_per_task": 1000},
-    "permuted-mnist": {"hidden": [1000, 1000], "epsilon": 4.0, "epochs": 1, "max_per_task": 2000, "max_eval_per_task": 1000},
+    "permuted-mnist": {"hidden": [400, 400], "epsilon": 4.0, "epochs": 2, "max_per_task": 3000, "max_eval_per_task": 1000, "batch_size": 64},
 }
 
 
@@ -46,7 +46,7 @@ def run_stream(name: str, p: dict, args: BenchArgs, env: BuildEnv) -> dict:
     # Permuted MNIST: every task uses all 10 output rows, so each task may take at most 1/10 of the output layer.
     cap = 1.0 / len(stream) if name == "permuted-mnist" else 1.0
     s = SET(SETConfig(epsilon=p["epsilon"], zeta=0.3, freeze_per_task=True, max_task_density=cap), seed=args.seed)
-    learner = FineTune(SGDConfig(epochs=p["epochs"], lr=1e-3, batch_size=128))
+    learner = FineTune(SGDConfig(epochs=p["epochs"], lr=1e-3, batch_size=p.get("batch_size", 128)))
     agent = Agent(MLP(784, list(p["hidden"]), 10), plasticity=[s], learner=learner, label=f"set_{name}")
     log = TBLogger(tb_dir("set-stream", args.quick) / name)
     say(f"set-stream: {name}, {len(stream)} tasks, hidden={p['hidden']} eps={p['epsilon']} epochs={p['epochs']}")

@@ -181,3 +181,14 @@ def _ctx():
     from agentlab.context import FitContext
 
     return FitContext(generator=torch.Generator().manual_seed(0), task_index=0, n_tasks=2)
+
+
+def test_per_epoch_rewiring_happens_between_epochs_only():
+    torch.manual_seed(0)
+    s = SET(SETConfig(epsilon=3))
+    agent = Agent(MLP(20, [16], 4), plasticity=[s], learner=FineTune(SGDConfig(epochs=3, lr=0.01, batch_size=16)))
+    t = _task(0, (0, 1, 2, 3))
+    agent.start_task(t)
+    agent.learner.fit(agent, t, _ctx())
+    agent.end_task(t)
+    assert len(s.rewire_log) == 2  # after epochs 1 and 2, not after the last
