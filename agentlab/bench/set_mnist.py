@@ -21,6 +21,7 @@ from agentlab.registry import BuildEnv
 from plasticity.set import SET, SETConfig
 
 FULL = {"hidden": [1000, 1000, 1000], "epsilon": 20.0, "epochs": 12, "train_n": 0, "test_n": 0, "batch_size": 128}
+SPARSE_LR, DENSE_LR = 1e-2, 1e-3
 QUICK = {"hidden": [1000, 1000, 1000], "epsilon": 20.0, "epochs": 2, "train_n": 8000, "test_n": 5000, "batch_size": 128}
 
 
@@ -30,7 +31,10 @@ def _agent(p: dict, seed: int, sparse: bool) -> tuple[Agent, SET | None]:
     torch.manual_seed(seed)
     mlp = MLP(784, list(p["hidden"]), 10)
     s = SET(SETConfig(epsilon=p["epsilon"], zeta=0.3), seed=seed) if sparse else None
-    learner = FineTune(SGDConfig(epochs=p["epochs"], lr=1e-3, batch_size=p["batch_size"], optimizer="adam"))
+    # A sparse layer's weights are ~1/sqrt(density) larger than dense ones, so Adam (whose steps are ~lr in size)
+    # needs a larger lr to move them: on the quick subset, SET reached 89.4% / 91.5% / 92.5% at lr 1e-3 / 3e-3 / 1e-2.
+    lr = SPARSE_LR if sparse else DENSE_LR
+    learner = FineTune(SGDConfig(epochs=p["epochs"], lr=lr, batch_size=p["batch_size"], optimizer="adam"))
     return Agent(mlp, plasticity=[s] if s else [], learner=learner, label="set" if sparse else "dense"), s
 
 
@@ -79,6 +83,6 @@ def bench_set_mnist(args: BenchArgs, env: BuildEnv) -> BenchResult:
         "MNIST test acc >= 98.4% at <= 5% connections": goal(m["test_acc"] >= 0.984 and m["density"] <= 0.05,
                                                                f"{100 * m['test_acc']:.2f}% at density {100 * m['density']:.2f}%"),
     }
-    notes = (f"hidden={p['hidden']} eps={p['epsilon']} zeta=0.3 epochs={p['epochs']} Adam lr=1e-3 batch={p['batch_size']}; "
+    notes = (f"hidden={p['hidden']} eps={p['epsilon']} zeta=0.3 epochs={p['epochs']} Adam lr={SPARSE_LR} (SET) / {DENSE_LR} (dense) batch={p['batch_size']}; "
              f"train_n={p['train_n'] or 'all'} test_n={p['test_n'] or 'all'}; masked dense kernels (training time is not reduced by sparsity)")
     return BenchResult(m, rows, goals, notes)
