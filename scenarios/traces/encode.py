@@ -16,8 +16,8 @@ x (n, l, X_CHANNELS):
     7..9       operands, signed log1p-scaled, 0 where absent
     10, 11     result (scaled) and whether there is one
     12         position of the trace in its session (fatigue), trace % 10 / 10
-    13..34     problem features (`problem_features`)
-    35         1 on real positions (START and steps), 0 on padding
+    13..       problem features (`problem_features`, N_PROBLEM_FEATURES of them)
+    C_VALID    (last) 1 on real positions (START and steps), 0 on padding
 y (n, l, Y_CHANNELS):
     0          next action id (class), -100 on padding
     1          log seconds of the next step

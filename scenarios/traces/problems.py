@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from scenarios.traces.format import PROBLEM_RE
 
 KINDS: tuple[str, ...] = ("add", "sub", "eq")
-MAX_COLUMNS = 3
+MAX_COLUMNS = 4
 N_PROBLEM_FEATURES = 3 + 2 * MAX_COLUMNS + 2 * MAX_COLUMNS + 2 + 5  # kind, digits, carries/borrows, size, equation
 
 
@@ -104,10 +104,10 @@ def problem_features(p: Problem) -> list[float]:
 
 
 def random_problem(rng: random.Random, kind_weights: tuple[float, float, float] = (0.4, 0.3, 0.3)) -> Problem:
-    """A problem of a random kind: 2- or 3-digit operands, or ax + b = c with an integer solution."""
+    """A problem of a random kind: 2- to 4-digit operands, or ax + b = c with an integer solution."""
     kind = rng.choices(KINDS, weights=kind_weights)[0]
     if kind in ("add", "sub"):
-        width = rng.choice((2, 2, 3))
+        width = rng.choice((2, 3, 3, 4))
         a = rng.randint(10 ** (width - 1), 10**width - 1)
         b = rng.randint(10, 10**width - 1)
         if kind == "sub" and b > a:

@@ -85,9 +85,9 @@ def draw_traits(seed: int, index: int, prefix: str = "p") -> Traits:
         explicit_regroup=rng.betavariate(0.5, 0.5),
         check=rng.betavariate(0.7, 0.7),
         reread=rng.betavariate(1.2, 12.0),
-        log_speed=rng.gauss(0.0, 0.35),
-        skill_speed={a: rng.gauss(0.0, 0.25) for a in ACTIONS},
-        time_sd=rng.uniform(0.12, 0.35),
+        log_speed=rng.gauss(0.0, 0.4),
+        skill_speed={a: rng.gauss(0.0, 0.35) for a in ACTIONS},
+        time_sd=rng.uniform(0.06, 0.22),
         error_rates={
             "forgot_carry": rng.betavariate(1.2, 5.0),
             "forgot_borrow": rng.betavariate(1.2, 5.0),
