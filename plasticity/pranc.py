@@ -3,7 +3,9 @@
     theta_t = theta + sum_j alpha_{t,j} theta_j,   j = 1..k
 
 over the weights of every targeted layer: basis vector theta_j is the
-concatenation of one N(0, 1 / in) random matrix per layer, generated chunk by
+concatenation of one random matrix per layer with entries uniform on
+(-1, 1) times sqrt(3 / (k in)) (variance 1 / (k in): the sum over k directions
+with unit coefficients has the scale of a freshly initialised layer), generated chunk by
 chunk from private generators seeded by (seed, layer) and regenerated in
 backward rather than kept (`plasticity.random_basis.combine`). A task stores k
 coefficients (the seed belongs to the module); they start at zero, so a new
@@ -48,8 +50,8 @@ class PRANC(AdapterModule):
 
     def delta_weight(self, state: nn.ParameterDict, index: int) -> Tensor:
         _, fan_in, fan_out = self.targets[index]
-        flat = combine(state["alpha"], mix(self.cfg.seed, "pranc", index), fan_out * fan_in, chunk=self.cfg.chunk)
-        return flat.view(fan_out, fan_in) / math.sqrt(fan_in)
+        flat = combine(state["alpha"], mix(self.cfg.seed, "pranc", index), fan_out * fan_in, chunk=self.cfg.chunk, dist="uniform")
+        return flat.view(fan_out, fan_in) * math.sqrt(3.0 / (self.cfg.k * fan_in))
 
 
 @register("plasticity", "pranc", PRANCConfig)
