@@ -47,8 +47,8 @@ def adapter_factories(seed: int) -> dict[str, Callable[[], Any]]:
 
     return {
         "lora": lambda: LoRA(LoRAConfig(rank=4, alpha=8.0, seed=seed)),
-        "nola": lambda: NOLA(NOLAConfig(rank=4, alpha=8.0, k_a=30, k_b=30, seed=seed)),
         "pranc": lambda: PRANC(PRANCConfig(k=240, seed=seed)),
+        "nola": lambda: NOLA(NOLAConfig(rank=4, alpha=8.0, k_a=30, k_b=30, seed=seed)),
         "mcnc": lambda: MCNC(MCNCConfig(k=239, seed=seed)),
     }
 
@@ -150,7 +150,9 @@ def bench_personalize(args: BenchArgs, env: BuildEnv) -> BenchResult:
     people = people_stream([full[i] for i in range(1, len(full))])
     traits = [full[i].meta["traits"] for i in range(1, len(full))]
     sim_s = time.perf_counter() - t0
+    _log(f"simulated {size['n_population']} + {len(people)} people in {sim_s:.1f} s")
     backbone, pre_s = pretrain(population, Personalize(PersonalizeConfig(population_epochs=size["epochs"])), args.seed)
+    _log(f"pre-trained the population model in {pre_s:.1f} s")
 
     rows: list[dict[str, Any]] = []
     results: dict[str, dict[str, Any]] = {}
@@ -170,6 +172,10 @@ def bench_personalize(args: BenchArgs, env: BuildEnv) -> BenchResult:
                          "top1": fingerprint_top1(module, people),
                          "top1_session": fingerprint_top1(module, people, group=SESSION_LEN), "forgetting": res.metrics.get("forgetting", float("nan")),
                          "traits": trait_recovery(agent, module, people, traits) if traits[0] is not None else {}}
+        r = results[kind]
+        _log(f"{kind}: acc {r['acc'].mean():.4f} (population {results['population']['acc'].mean():.4f}), "
+             f"{r['bytes']:.0f} B/person, {r['s']:.2f} s/person, top-1 {r['top1']:.3f} (session {r['top1_session']:.3f}), "
+             f"time MAE {r['time_mae_s'].mean():.3f} s, error AUC {np.nanmean(r['error_auc']):.3f}, traits {r['traits']}")
     pop = results["population"]
     for kind, r in results.items():
         row = {"model": kind, "next_action_acc": float(r["acc"].mean()), "gain_points": 100 * float(r["acc"].mean() - pop["acc"].mean()),
@@ -211,6 +217,13 @@ def bench_personalize(args: BenchArgs, env: BuildEnv) -> BenchResult:
              "(population row: none); fingerprint_top1 scores one held-out trace (one problem), "
              f"fingerprint_top1_session a session of {SESSION_LEN} held-out traces together")
     return BenchResult(metrics, rows, goals, notes)
+
+
+def _log(msg: str) -> None:
+    """Progress on stderr, so a long full run can be followed (and reported if cut short)."""
+    import sys
+
+    print(f"[personalize {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
 def _goal(ok: bool, figure: str) -> str:
