@@ -157,3 +157,17 @@ def test_ivf_index_agrees_with_exact_and_follows_writes():
     slot = ivf.write(new, torch.zeros(1, 2, dtype=torch.long), [7])[0]  # evicts one entry and takes its slot
     assert len(ivf._ann) == 2000
     assert ivf.retrieve(new, k=1, touch=False).slots[0, 0] == slot
+
+
+def test_checkpoint_round_trip_keeps_store(tmp_path):
+    from agentlab.checkpoint import load_checkpoint_dir, save_checkpoint
+
+    cfg = MiniRAGConfig(capacity=5, key_dim=4, max_tokens=3, num_codes=8, dim=8, k=2, heads=2)
+    a = MiniRAG(cfg)
+    a.write(torch.randn(4, 4), torch.randint(0, 8, (4, 3)), [1, 2, 3, 4], [{"m": "image"}, None, {"m": "audio"}, {"i": 3}])
+    path = save_checkpoint(tmp_path, 0, {"memory": a.state_dict()})
+    b = MiniRAG(cfg)
+    b.load_state_dict(load_checkpoint_dir(path)["memory"])
+    q = torch.randn(3, 4)
+    assert torch.equal(a.store.retrieve(q, 2, touch=False).slots, b.store.retrieve(q, 2, touch=False).slots)
+    assert b.store.meta == a.store.meta and b.store.eviction_order() == a.store.eviction_order()
