@@ -91,6 +91,7 @@ class MiniRAG(MemoryModule):
         self.query_proj = nn.Linear(cfg.dim, cfg.key_dim)
         self.attn = nn.MultiheadAttention(cfg.dim, cfg.heads, batch_first=True)
         self.norm = nn.LayerNorm(cfg.dim)
+        self.pending: tuple[Tensor, Tensor] | None = None  # (keys, tokens) of the last training batch, set by the owner
 
     def tie_embeddings(self, codebook: Tensor) -> None:
         """Use a tokenizer's codebook (K, D) as the token embedding (copied; kept fixed)."""
@@ -129,6 +130,14 @@ class MiniRAG(MemoryModule):
         mem = rearrange(mem, "b k m d -> b (k m) d")
         fused, _ = self.attn(self.norm(x), mem, mem, key_padding_mask=pad)  # (B, N, D)
         return x + fused, RAGState(state.query_key, r.slots)
+
+    def extra_loss(self, batch: Any, output: Tensor) -> dict[str, Tensor]:
+        """Write the last training batch (keys, tokens left as `pending` by the owning backbone) with its labels."""
+        if self.pending is not None and self.pending[0].shape[0] == batch.y.shape[0] and batch.y.dim() == 1:
+            keys, tokens = self.pending
+            self.store.write(keys, tokens, batch.y)
+        self.pending = None
+        return {}
 
     def state_bytes(self) -> int:
         return self.store.nbytes()

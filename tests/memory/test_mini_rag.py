@@ -171,3 +171,26 @@ def test_checkpoint_round_trip_keeps_store(tmp_path):
     q = torch.randn(3, 4)
     assert torch.equal(a.store.retrieve(q, 2, touch=False).slots, b.store.retrieve(q, 2, touch=False).slots)
     assert b.store.meta == a.store.meta and b.store.eviction_order() == a.store.eviction_order()
+
+
+def test_sense_rag_backbone_writes_training_batches_and_retrieves_them():
+    from agentlab.agent import Agent
+    from agentlab.data import Split
+    from agentlab.learners.finetune import FineTune
+    from agentlab.learners.sgd import SGDConfig
+    from agentlab.loop import LoopConfig, run
+    from memory.rag_classifier import RAGClassifier, RAGClassifierConfig
+    from scenarios.splits import class_split_stream
+
+    torch.manual_seed(0)
+    x, y = torch.rand(64, 1, 28, 28), torch.arange(64) % 4
+    stream = class_split_stream("toy", Split(x, y), Split(x[:16], y[:16]), [0, 1, 2, 3], 2, "class", input_shape=(1, 28, 28))
+    net = RAGClassifier(RAGClassifierConfig(num_codes=16, dim=16, key_dim=8, capacity=40, k=2), 4)
+    agent = Agent(net, learner=FineTune(SGDConfig(batch_size=16)))
+    assert agent.memories() == [net.rag]  # found inside the backbone
+    run(agent, stream, generator=torch.Generator().manual_seed(0), cfg=LoopConfig(checkpoint=False, eval_next=False))
+    store = net.rag.store
+    assert len(store) == 40  # 64 training examples written, capacity 40
+    assert set(store.labels.tolist()) == {0, 1, 2, 3}  # the second task's batches sit beside the first's
+    sc = agent.scalars()
+    assert sc["memory/mini_rag/occupancy"] == 1.0 and sc["memory/mini_rag/retrieval_latency_ms"] > 0
