@@ -163,12 +163,24 @@ class MemoryTransformer(MemoryModule):
         return self.out_proj(torch.cat([h, r], dim=-1)), state
 
     # ------------------------------------------------------------------ lifecycle
+    def start_state(self, batch_size: int, device: torch.device | str = "cpu") -> KVMemoryState:
+        """The state an episode starts from: empty with `reset = "episode"`, else the carried one (if any, same batch)."""
+        c = self.carried
+        if self.cfg.reset != "episode" and c is not None and c.keys.shape[0] == batch_size:
+            return KVMemoryState(*(t.to(device) for t in c))
+        return self.initial_state(batch_size, device)
+
+    def keep(self, state: KVMemoryState) -> None:
+        """Carry `state` (detached) to the next episode unless memory is reset per episode."""
+        if self.cfg.reset != "episode":
+            self.carried = KVMemoryState(*(t.detach() for t in state))
+
     def reset(self) -> None:
         """Forget the carried memory (the recurrent state itself lives with the caller)."""
         self.carried = None
 
     def on_task_start(self, task) -> None:
-        if self.cfg.reset in ("episode", "task"):
+        if self.cfg.reset in ("episode", "task"):  # "never": carried memory survives task boundaries
             self.reset()
 
     # ------------------------------------------------------------------ reporting

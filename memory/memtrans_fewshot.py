@@ -75,14 +75,15 @@ class MemTransNet(nn.Module):
         return self.embed(x)
 
     def run(self, rows: Tensor, write_mask: Tensor | None = None, attend: Tensor | None = None) -> Tensor:
-        """rows (B, T, F) -> logits (B, T, N); memory starts empty (one episode per batch row).
+        """rows (B, T, F) -> logits (B, T, N); memory starts empty unless the memory is configured to carry it.
 
         Reads are addressed by the current image's embedding, writes by the embedding of the
         image whose label the row carries (MANN's content-based addressing).
         """
         e = self.cfg.channels
-        y, _ = self.memory(rows, self.memory.initial_state(rows.shape[0], rows.device), write_mask=write_mask, attend=attend,
-                           read_address=rows[..., :e], write_address=rows[..., e : 2 * e])
+        y, state = self.memory(rows, self.memory.start_state(rows.shape[0], rows.device), write_mask=write_mask,
+                               attend=attend, read_address=rows[..., :e], write_address=rows[..., e : 2 * e])
+        self.memory.keep(state)
         return self.head(y)
 
 

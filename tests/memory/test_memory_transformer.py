@@ -93,3 +93,22 @@ def test_gradients_and_figures():
     assert sc["read_entropy"] >= 0 and sc["slots_used"] == 5
     im = m.images()
     assert im["usage_heatmap"].shape == (1, 5, 5) and im["write_locations"].max() <= 1
+
+
+def test_reset_configuration_episode_vs_kept_across_tasks():
+    x = torch.randn(1, 4, 6)
+    per_episode = _model(reset="episode")
+    _, st = per_episode(x, per_episode.start_state(1))
+    per_episode.keep(st)
+    assert per_episode.carried is None and not per_episode.start_state(1).written.any()
+    kept = _model(reset="never")
+    _, st = kept(x, kept.start_state(1))
+    kept.keep(st)
+    kept.on_task_start(None)  # "never": survives a task boundary
+    assert kept.start_state(1).written.sum() == 4
+    per_task = _model(reset="task")
+    _, st = per_task(x, per_task.start_state(1))
+    per_task.keep(st)
+    assert per_task.start_state(1).written.sum() == 4  # kept between episodes of a task
+    per_task.on_task_start(None)
+    assert not per_task.start_state(1).written.any()  # emptied at the next task
