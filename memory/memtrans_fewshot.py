@@ -158,15 +158,19 @@ class MemTransLearner:
         self.episodes_done = 0
         self.train_s = 0.0
 
-    def episode_loss(self, net: MemTransNet, ep: Any, device: str) -> tuple[Tensor, float]:
-        if getattr(ep, "protocol", "standard") == "sequential":
-            logits = net.run(sequential_rows(net, ep, device))[0]  # (T, N)
-            y = ep.y.to(device)
+    def batch_loss(self, net: MemTransNet, eps: list[Any], device: str) -> tuple[Tensor, float]:
+        """Mean cross-entropy and accuracy over episodes of one kind and size, run as one (B, T, F) batch."""
+        if getattr(eps[0], "protocol", "standard") == "sequential":
+            logits = net.run(torch.cat([sequential_rows(net, ep, device) for ep in eps]))  # (B, T, N)
+            y = torch.stack([ep.y for ep in eps]).to(device)
         else:
-            rows, write, blocked, s = standard_rows(net, ep, device)
-            logits = net.run(rows, write, blocked)[0, s:]
-            y = ep.query_y.to(device)
-        return F.cross_entropy(logits, y), float((logits.argmax(-1) == y).float().mean())
+            parts = [standard_rows(net, ep, device) for ep in eps]
+            rows, write = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+            s = parts[0][3]
+            logits = net.run(rows, write, parts[0][2])[:, s:]  # (B, Q, N)
+            y = torch.stack([ep.query_y for ep in eps]).to(device)
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
+        return loss, float((logits.argmax(-1) == y).float().mean())
 
     def fit(self, agent: Any, task: Any, ctx: Any) -> None:
         if task.kind != "episode":
@@ -178,24 +182,20 @@ class MemTransLearner:
         start = time.perf_counter()
         step = 0
         while self.episodes_done < c.episodes:
-            loss = torch.zeros((), device=ctx.device)
-            accs = []
-            for _ in range(c.batch):
-                kind = c.protocol if c.protocol != "both" else ("standard", "sequential")[step % 2]
-                if kind == "sequential":
-                    ep = sampler.sequential(ctx.generator, ways=net.cfg.ways, per_class=c.per_class)
-                else:
-                    shots = c.shots[int(torch.randint(len(c.shots), (1,), generator=ctx.generator))]
-                    ep = sampler.sample(ctx.generator, ways=net.cfg.ways, shots=shots, queries=c.queries)
-                l, a = self.episode_loss(net, ep, ctx.device)
-                loss = loss + l / c.batch
-                accs.append(a)
+            # one kind and one size per step, so the episodes stack into one batch
+            kind = c.protocol if c.protocol != "both" else ("standard", "sequential")[step % 2]
+            if kind == "sequential":
+                eps = [sampler.sequential(ctx.generator, ways=net.cfg.ways, per_class=c.per_class) for _ in range(c.batch)]
+            else:
+                shots = c.shots[int(torch.randint(len(c.shots), (1,), generator=ctx.generator))]
+                eps = [sampler.sample(ctx.generator, ways=net.cfg.ways, shots=shots, queries=c.queries) for _ in range(c.batch)]
+            loss, acc = self.batch_loss(net, eps, ctx.device)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(list(agent.trainable_parameters()), c.grad_clip)
             opt.step()
             agent.after_step(ctx.global_step)
-            ctx.step({"episode_ce": float(loss.detach()), "episode_acc": sum(accs) / len(accs)}, c.batch)
+            ctx.step({"episode_ce": float(loss.detach()), "episode_acc": acc}, c.batch)
             self.episodes_done += c.batch
             step += 1
             if c.time_budget_s and time.perf_counter() - start > c.time_budget_s:

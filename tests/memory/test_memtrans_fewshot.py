@@ -67,3 +67,14 @@ def test_fit_runs_steps_and_updates_parameters():
     agent.learner.fit(agent, Task(id=0, name="toy", kind="episode", train=sampler, eval=None), ctx)
     assert len(steps) == 2 and agent.learner.episodes_done == 4
     assert not torch.equal(before, agent.backbone.head.weight)
+
+
+def test_batched_episodes_equal_one_at_a_time():
+    agent = _agent()
+    agent.eval()
+    net, learner = agent.backbone, agent.learner
+    for eps in ([_episode(), _episode()], [_sequential(), _sequential()]):
+        with torch.no_grad():
+            both, _ = learner.batch_loss(net, eps, "cpu")
+            single = sum(learner.batch_loss(net, [ep], "cpu")[0] for ep in eps) / 2
+        assert torch.allclose(both, single, atol=1e-5)
