@@ -109,7 +109,7 @@ def cmd_list(args: argparse.Namespace) -> int:
         print(f"  {name:<24} {desc}")
     for kind in registry.KINDS:
         table = registry.entries(kind)
-        print(f"{kind}s:" if kind != "memory" else "memory:")
+        print({"plasticity": "plasticity:", "memory": "memory:", "bench": "benchmarks:"}.get(kind, f"{kind}s:"))
         for name, e in sorted(table.items()):
             print(f"  {name:<24} {e.doc}")
     return EXIT_OK
