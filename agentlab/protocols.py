@@ -89,6 +89,9 @@ class PlasticityModule(nn.Module):
         """
         return None
 
+    def observe_inference(self, true_task: int, guess: Tensor) -> None:
+        """The evaluator's answer to `infer_task`: the true task of examples whose tasks were inferred (confusion figures)."""
+
     def extra_loss(self, batch: "Batch", output: Tensor) -> dict[str, Tensor]:
         """Named loss terms added to the task loss (regularisers)."""
         return {}
