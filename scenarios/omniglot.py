@@ -124,6 +124,7 @@ def _build_cache(folder: Path, npz: Path, names_path: Path) -> None:
         fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
         with os.fdopen(fd, "wb") as f:
             write(f)
+        os.chmod(tmp, 0o644)
         os.replace(tmp, path)
 
 

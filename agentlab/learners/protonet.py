@@ -77,7 +77,7 @@ class ProtoNetConfig:
     weight_decay: float = 0.0
     """L2 penalty"""
     time_budget_s: float = 0.0
-    """stop training after this many seconds even if episodes remain (a CPU budget); 0 = no limit"""
+    """stop training when the next episode (at the mean episode time so far) would end past this many seconds; 0 = no limit"""
 
     def __post_init__(self) -> None:
         check(self.episodes >= 0, "episodes", self.episodes, "an integer >= 0")
@@ -123,7 +123,9 @@ class ProtoNet:
         agent.train()
         start, self.episodes_done = time.perf_counter(), 0
         for _ in range(c.episodes):
-            if c.time_budget_s and time.perf_counter() - start > c.time_budget_s:
+            elapsed = time.perf_counter() - start
+            per_episode = elapsed / max(self.episodes_done, 1)
+            if c.time_budget_s and elapsed + per_episode > c.time_budget_s:  # stop before an episode would overrun
                 break
             ep = task.train.sample(ctx.generator, ways=ways, shots=shots, queries=c.train_queries)
             loss, acc = self.episode_loss(agent, ep, ctx.device)
