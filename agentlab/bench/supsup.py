@@ -124,3 +124,36 @@ def bench_supsup_split(args: BenchArgs, env: BuildEnv) -> BenchResult:
         rows.append({"agent": f"{label} (van de Ven & Tolias 2019, published)", "avg_acc": v / 100})
     goals = {"beats fine-tuning, EWC and SI class-IL (about 20%)": _goal(metrics["avg_acc"] > 0.2001, f"{100 * metrics['avg_acc']:.1f}%")}
     return BenchResult(metrics, rows, goals, f"best SupSup agent: {best}; wall {wall:.0f} s")
+
+
+def inference_scaling(ks: list[int], *, images: int = 8, seed: int = 0) -> list[dict[str, float]]:
+    """Where a k-task SupSup stands, without training k tasks: LeNet 300-100 with k random frozen masks.
+
+    Measures the bytes the masks take, the process's resident memory, and the wall time of
+    one-shot task inference per image (k superposed sub-networks per image). Masks are random,
+    so the inferred tasks mean nothing; only cost is measured.
+    """
+    import torch
+    from torch import nn
+
+    from agentlab.task import Task
+    from plasticity.supsup import SupSup, SupSupConfig
+
+    rows = []
+    for k in ks:
+        torch.manual_seed(seed)
+        net = nn.Sequential(nn.Flatten(), nn.Linear(784, 300, bias=False), nn.ReLU(), nn.Linear(300, 100, bias=False),
+                            nn.ReLU(), nn.Linear(100, 10, bias=False))
+        sup = SupSup(SupSupConfig(), seed=seed)
+        sup.attach(net)
+        for t in range(k):
+            sup.on_task_start(Task(id=t, name=str(t), kind="classification", train=None, eval=None))
+            sup.on_task_end(Task(id=t, name=str(t), kind="classification", train=None, eval=None))
+        x = torch.rand(images, 1, 28, 28)
+        t0 = time.perf_counter()
+        sup.infer_task(x, net)
+        per_image = (time.perf_counter() - t0) / images
+        mask_bytes = sum(sup.state_bytes().values())
+        rows.append({"tasks": k, "mask_bytes": mask_bytes, "bytes_per_task": mask_bytes / k,
+                     "infer_s_per_image": per_image, "peak_rss_mb": peak_rss_mb()})
+    return rows
