@@ -121,6 +121,13 @@ class Agent(nn.Module):
                 return guess
         return None
 
+    def observe_inference(self, true_task: int, guess: Tensor) -> None:
+        """Tell the plasticity modules the true task of examples whose task was inferred (evaluation only)."""
+        for p in self.plasticity:
+            hook = getattr(p, "observe_inference", None)
+            if hook is not None:
+                hook(true_task, guess)
+
     def predict(self, x: Tensor, task_id: int | None = None) -> tuple[Tensor, Tensor | None]:
         """Outputs for `x`; without a task label, tasks are inferred where a module can.
 
@@ -167,6 +174,16 @@ class Agent(nn.Module):
             out.update({f"plasticity/{p.name}/{k}": v for k, v in p.images().items()})
         for m in self.memories():
             out.update({f"memory/{m.name}/{k}": v for k, v in m.images().items()})
+        return out
+
+    def histograms(self) -> dict[str, Tensor]:
+        """Value sets for TensorBoard histograms from modules that define `histograms()` (e.g. DNC slot usage)."""
+        out: dict[str, Tensor] = {}
+        for kind, mods in (("plasticity", self.plasticity), ("memory", self.memories())):
+            for m in mods:
+                hist = getattr(m, "histograms", None)
+                if hist is not None:
+                    out.update({f"{kind}/{m.name}/{k}": v for k, v in hist().items()})
         return out
 
     def backbone_bytes(self) -> int:

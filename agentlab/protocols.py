@@ -89,6 +89,9 @@ class PlasticityModule(nn.Module):
         """
         return None
 
+    def observe_inference(self, true_task: int, guess: Tensor) -> None:
+        """The evaluator's answer to `infer_task`: the true task of examples whose tasks were inferred (confusion figures)."""
+
     def extra_loss(self, batch: "Batch", output: Tensor) -> dict[str, Tensor]:
         """Named loss terms added to the task loss (regularisers)."""
         return {}
@@ -114,6 +117,14 @@ class PlasticityModule(nn.Module):
     def images(self) -> dict[str, Tensor]:
         """Images (C, H, W) in [0, 1] for TensorBoard under `plasticity/<name>/<image>`."""
         return {}
+
+    def histograms(self) -> dict[str, Tensor]:
+        """Value sets for TensorBoard histograms under `plasticity/<name>/<figure>` (weight magnitudes...)."""
+        return {}
+
+    def accounted_tensors(self) -> list[Tensor]:
+        """Backbone tensors this module wraps without registering them, already counted in its own bytes."""
+        return []
 
 
 # ---------------------------------------------------------------------------- memory
@@ -174,6 +185,10 @@ class MemoryModule(nn.Module):
 
     def images(self) -> dict[str, Tensor]:
         """Images (C, H, W) in [0, 1] for TensorBoard under `memory/<name>/<image>`."""
+        return {}
+
+    def histograms(self) -> dict[str, Tensor]:
+        """Value sets for TensorBoard histograms under `memory/<name>/<figure>` (slot usage...)."""
         return {}
 
 

@@ -26,7 +26,8 @@ import numpy as np
 import torch
 
 
-def heatmap_image(R: np.ndarray, title: str = "accuracy R[i, j]") -> np.ndarray:
+def heatmap_image(R: np.ndarray, title: str = "accuracy R[i, j]", *, xlabel: str = "evaluated on task j",
+                  ylabel: str = "after training task i", vmin: float = 0.0, vmax: float = 1.0) -> np.ndarray:
     """The accuracy matrix as an RGB image (H, W, 3) uint8, with values printed in each cell."""
     import matplotlib
 
@@ -37,15 +38,15 @@ def heatmap_image(R: np.ndarray, title: str = "accuracy R[i, j]") -> np.ndarray:
     n = R.shape[0]
     size = min(1.2 + 0.45 * n, 14)
     fig, ax = plt.subplots(figsize=(size + 1, size))
-    ax.imshow(np.where(np.isnan(R), np.nan, R), vmin=0.0, vmax=1.0, cmap="viridis")
+    ax.imshow(np.where(np.isnan(R), np.nan, R), vmin=vmin, vmax=vmax, cmap="viridis")
     if n <= 20:
         for i in range(R.shape[0]):
             for j in range(R.shape[1]):
                 if not np.isnan(R[i, j]):
                     ax.text(j, i, f"{100 * R[i, j]:.0f}", ha="center", va="center", fontsize=8,
-                            color="white" if R[i, j] < 0.6 else "black")
-    ax.set_xlabel("evaluated on task j")
-    ax.set_ylabel("after training task i")
+                            color="white" if R[i, j] < vmin + 0.6 * (vmax - vmin) else "black")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
     ax.set_title(title)
     fig.tight_layout()
     buf = io.BytesIO()

@@ -1,0 +1,192 @@
+"""Any agentlab `Agent` as an Avalanche strategy (a `SupervisedTemplate` subclass).
+
+    strategy = AgentStrategy(agent=agent, evaluator=EvaluationPlugin(accuracy_metrics(experience=True), loggers=[...]),
+                             plugins=[EWCPlugin(ewc_lambda=100)])
+    for exp in benchmark.train_stream:
+        strategy.train(exp)
+        strategy.eval(benchmark.test_stream)
+
+Why a template subclass and not a plugin: the template owns the forward pass, and
+the agent needs the forward (task id, multi-head masking, task inference) and
+the loss (its modules' named extra terms) to be its own. Everything else is
+Avalanche's: its data loaders, its training iterations and callbacks, so a
+user's `EvaluationPlugin`, loggers and method plugins (EWC, SI, LwF, replay,
+GEM, A-GEM) see the usual `mb_output`, `mb_y`, `loss` and experiences.
+
+The agent's hooks are called where our loop calls them:
+
+    _before_training_exp       agent.start_task(task)      (before the optimizer is rebuilt)
+    criterion (training)       cross-entropy + sum of agent.loss_terms(batch, output)
+    _after_training_iteration  agent.after_step(step)
+    _after_training_epoch      agent.after_epoch(epoch)
+    _after_training_exp        agent.end_task(task)
+
+The update rule is the template's SGD step with the agent's optimizer settings
+(`agent.learner.cfg`: optimizer, lr, batch size, epochs), the optimizer rebuilt
+over `agent.trainable_parameters()` at each experience as our learners do; a
+learner's own extra machinery (our replay buffer) is replaced by Avalanche's
+plugins. With `task_incremental=True` the task label of each example selects
+the agent's task and restricts its logits to that task's classes, as our
+evaluator does (van de Ven & Tolias 2019's multi-head by masking); otherwise
+the agent predicts without a label (inferring the task where a module can).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import torch
+from torch.nn import CrossEntropyLoss
+
+from avalanche.training.plugins.evaluation import default_evaluator
+from avalanche.training.templates import SupervisedTemplate
+
+from agentlab.agent import restrict_to_classes
+from agentlab.data import Batch
+from agentlab.learners.sgd import SGDConfig, make_optimizer
+from agentlab.task import Task
+
+
+class AgentStrategy(SupervisedTemplate):
+    """Runs `agent` inside Avalanche's training and evaluation loops; see the module docstring."""
+
+    def __init__(
+        self,
+        *,
+        agent: Any,
+        optimizer: torch.optim.Optimizer | None = None,
+        criterion: Any = None,
+        train_mb_size: int | None = None,
+        train_epochs: int | None = None,
+        eval_mb_size: int = 1000,
+        device: str = "cpu",
+        plugins: Sequence[Any] | None = None,
+        evaluator: Any = default_evaluator,
+        task_incremental: bool = False,
+        on_step: Callable[[float, int], None] | None = None,
+        max_steps: int = 0,
+        **kwargs: Any,
+    ) -> None:
+        self.agent = agent
+        self.sgd_cfg = getattr(agent.learner, "cfg", None) or SGDConfig()
+        super().__init__(
+            model=agent,
+            optimizer=optimizer or make_optimizer(agent.trainable_parameters(), self.sgd_cfg),
+            criterion=criterion or CrossEntropyLoss(),
+            train_mb_size=train_mb_size or self.sgd_cfg.batch_size,
+            train_epochs=train_epochs or self.sgd_cfg.epochs,
+            eval_mb_size=eval_mb_size,
+            device=device,
+            plugins=list(plugins or []),
+            evaluator=evaluator,
+            **kwargs,
+        )
+        self.task_incremental = task_incremental
+        self.classes_by_label: dict[int, tuple[int, ...]] = {}
+        self.on_step = on_step
+        self.max_steps = max_steps
+        self._task: Task | None = None
+        self._steps_this_exp = 0
+
+    # ------------------------------------------------------------------ experiences as tasks
+    def _label(self, exp: Any) -> int:
+        from agentlab.avalanche_bridge.streams import _task_label
+
+        return _task_label(exp)
+
+    def task_of(self, exp: Any) -> Task:
+        """The agentlab view of an experience: id = task label (task-incremental) or experience index."""
+        from agentlab.avalanche_bridge.streams import _classes
+
+        classes = _classes(exp)
+        tid = self._label(exp) if self.task_incremental else int(exp.current_experience)
+        return Task(
+            id=tid, name=f"avalanche/exp{int(exp.current_experience):03d}", kind="classification",
+            train=None, eval=None, classes=classes, task_label_at_test=self.task_incremental,
+        )
+
+    # ------------------------------------------------------------------ forward and loss
+    def _per_label(self, x: torch.Tensor, labels: torch.Tensor, restrict: bool) -> torch.Tensor:
+        """Each example through the agent set to its task label; logits restricted to that task's classes."""
+        out = None
+        for t in torch.unique(labels).tolist():
+            rows = (labels == t).nonzero().squeeze(1)
+            y = self.agent(x[rows], task_id=int(t))
+            if restrict:
+                y = restrict_to_classes(y, self.classes_by_label.get(int(t)))
+            if out is None:
+                out = y.new_empty((x.shape[0], *y.shape[1:]))
+            out[rows] = y
+        assert out is not None
+        return out
+
+    def forward(self) -> torch.Tensor:
+        """Training: raw logits (so distillation sees every head); evaluation: the agent's prediction."""
+        x, labels = self.mb_x, self.mb_task_id
+        if self.is_training:
+            assert self._task is not None
+            if self.task_incremental:  # replayed examples keep their own task
+                return self._per_label(x, labels, restrict=False)
+            return self.agent(x, task_id=self._task.id)
+        if self.task_incremental:
+            return self._per_label(x, labels, restrict=True)
+        with torch.enable_grad():  # task inference may need gradients (SupSup's one-shot)
+            out, _ = self.agent.predict(x, None)
+        return out.detach()
+
+    def criterion(self) -> torch.Tensor:
+        """Cross-entropy (over each example's own task's classes when task-incremental) + the agent's terms."""
+        logits = self.mb_output
+        if self.is_training and self.task_incremental:
+            mask = torch.full_like(logits, float("-inf"))
+            for t in torch.unique(self.mb_task_id).tolist():
+                rows = (self.mb_task_id == t).nonzero()
+                cols = torch.tensor(self.classes_by_label[int(t)], device=logits.device)
+                mask[rows, cols] = 0.0
+            logits = logits + mask
+        loss = self._criterion(logits, self.mb_y)
+        if self.is_training and self._task is not None:
+            terms = self.agent.loss_terms(Batch(self.mb_x, self.mb_y, self._task.id), self.mb_output)
+            if terms:
+                loss = loss + sum(terms.values())
+        return loss
+
+    def make_optimizer(self, **kwargs: Any) -> None:
+        """A fresh optimizer over what the agent trains now (plasticity modules freeze what they protect)."""
+        self.optimizer = make_optimizer(self.agent.trainable_parameters(), self.sgd_cfg)
+        self.optimized_param_id = {n: p for n, p in self.agent.named_parameters()}
+
+    # ------------------------------------------------------------------ the agent's hooks
+    def _before_training_exp(self, **kwargs: Any) -> None:
+        self._task = self.task_of(self.experience)
+        self._steps_this_exp = 0
+        self._stop_training = False  # a max_steps stop must not leak into this experience
+        if self.task_incremental:
+            self.classes_by_label[self._label(self.experience)] = self._task.classes
+        self.agent.start_task(self._task)
+        super()._before_training_exp(**kwargs)
+
+    def _after_training_iteration(self, **kwargs: Any) -> None:
+        self.agent.after_step(self.clock.train_iterations)
+        self._steps_this_exp += 1
+        if self.on_step is not None:
+            self.on_step(float(self.loss.detach()), int(self.mb_x.shape[0]))
+        if self.max_steps and self._steps_this_exp >= self.max_steps:
+            self.stop_training()
+        super()._after_training_iteration(**kwargs)
+
+    def _after_training_epoch(self, **kwargs: Any) -> None:
+        self.agent.after_epoch(self.clock.train_exp_epochs)
+        super()._after_training_epoch(**kwargs)
+
+    def _after_training_exp(self, **kwargs: Any) -> None:
+        assert self._task is not None
+        self.agent.end_task(self._task)
+        super()._after_training_exp(**kwargs)
+
+    def _before_eval_exp(self, **kwargs: Any) -> None:
+        super()._before_eval_exp(**kwargs)
+        if self.task_incremental:
+            from agentlab.avalanche_bridge.streams import _classes
+
+            self.classes_by_label.setdefault(self._label(self.experience), _classes(self.experience))

@@ -1,0 +1,115 @@
+"""`baselines`: fine-tuning, EWC, SI, LwF and replay on Split MNIST (task/domain/class) and Permuted MNIST-10.
+
+Settings of van de Ven & Tolias 2019 ("Three scenarios for continual learning")
+as in their reference code's defaults: Split MNIST with an MLP 2x400, Adam lr
+0.001, batch 128, 2,000 iterations per task; Permuted MNIST-10 (task 0
+unpermuted, domain-incremental) with an MLP 2x1000, Adam lr 0.0001, batch 128,
+5,000 iterations per task. Regularisation strengths are their code's per
+scenario (EWC lambda, SI c); LwF uses temperature 2.
+
+Fine-tuning and replay are our learners; EWC, SI and LwF are Avalanche's plugins
+run through the `avalanche` learner (Avalanche's EWC estimates the Fisher from
+mini-batch gradients and Avalanche's SI clips importances at 0.001, so the
+paper's lambda / c do not carry over one to one: see the notes in the result).
+Replay keeps 1,000 examples (reservoir); the paper's table has no replay row.
+
+Each scenario is one run of our loop (`runs/bench/baselines[-quick]/<scenario>/`),
+so its report, TensorBoard events and summary.json are the usual ones.
+Quick mode: 2,000 training / 500 test examples per task, 100 iterations per
+task on Split MNIST and 25 on Permuted MNIST (300 test examples), same code.
+Metrics: `<method>_<scenario>_acc` (average accuracy after the last task, a
+fraction), scenarios `split_task`, `split_domain`, `split_class`, `permuted`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from agentlab.bench import BenchArgs, BenchResult, register_bench
+from agentlab.registry import BuildEnv
+
+METHODS = ("finetune", "ewc", "si", "lwf", "replay")
+
+# van de Ven & Tolias 2019, average accuracy (%) after the last task (REFERENCES.md).
+PAPER = {
+    ("finetune", "split_task"): 87.19, ("finetune", "split_domain"): 59.21, ("finetune", "split_class"): 19.90,
+    ("ewc", "split_task"): 98.64, ("ewc", "split_domain"): 63.95, ("ewc", "split_class"): 20.01,
+    ("si", "split_task"): 99.09, ("si", "split_domain"): 65.36, ("si", "split_class"): 19.99,
+    ("lwf", "split_task"): 99.57, ("lwf", "split_domain"): 71.50, ("lwf", "split_class"): 23.85,
+    ("finetune", "permuted"): 78.51, ("ewc", "permuted"): 94.31, ("si", "permuted"): 95.33, ("lwf", "permuted"): 72.64,
+}
+
+# Their reference code's regularisation strengths per experiment and scenario.
+EWC_LAMBDA = {"split_task": 1e5, "split_domain": 1e10, "split_class": 1e9, "permuted": 100.0}
+SI_C = {"split_task": 10.0, "split_domain": 50000.0, "split_class": 5000.0, "permuted": 10.0}
+
+
+def _learner(method: str, scenario: str, lr: float, steps: int) -> dict[str, Any]:
+    base = {"lr": lr, "batch_size": 128, "optimizer": "adam", "epochs": 10_000, "max_steps": steps}
+    if method == "finetune":
+        return {"name": "finetune", **base}
+    if method == "replay":
+        return {"name": "replay", "buffer_size": 1000, "policy": "reservoir", **base}
+    extra = {
+        "ewc": {"ewc_lambda": EWC_LAMBDA[scenario]},
+        "si": {"si_lambda": SI_C[scenario], "si_eps": 0.1},
+        "lwf": {"lwf_alpha": 1.0, "lwf_temperature": 2.0},
+    }[method]
+    return {"name": "avalanche", "strategy": method, **extra, **base}
+
+
+def scenario_table(scenario: str, quick: bool, seed: int) -> dict[str, Any]:
+    """The recipe table of one scenario with one agent per method."""
+    if scenario == "permuted":
+        stream = {"name": "permuted-mnist", "n_tasks": 10, "first_unpermuted": True, "scenario": "domain"}
+        hidden, lr, steps = [1000, 1000], 0.0001, 25 if quick else 5000
+        if quick:
+            stream.update(max_per_task=2000, max_eval_per_task=300)
+    else:
+        stream = {"name": "split-mnist", "scenario": scenario.split("_")[1]}
+        hidden, lr, steps = [400, 400], 0.001, 100 if quick else 2000
+        if quick:
+            stream.update(max_per_task=2000, max_eval_per_task=500)
+    agents = {m: {"backbone": {"name": "mlp", "hidden": hidden}, "learner": _learner(m, scenario, lr, steps)} for m in METHODS}
+    return {"seed": seed, "stream": stream, "loop": {"eval_next": False, "checkpoint": False}, "agents": agents}
+
+
+@register_bench("baselines")
+def bench_baselines(args: BenchArgs, env: BuildEnv) -> BenchResult:
+    """Fine-tuning, EWC, SI, LwF, replay on Split MNIST (3 scenarios) and Permuted MNIST-10 vs van de Ven & Tolias 2019."""
+    from agentlab import recipe as recipes
+    from agentlab.runner import run_recipe
+
+    torch.set_num_threads(1)  # a shared 2-core machine: see loop-speed
+    out = Path("runs") / "bench" / ("baselines-quick" if args.quick else "baselines")
+    metrics: dict[str, float] = {}
+    rows: list[dict[str, Any]] = []
+    for scenario in ("split_task", "split_domain", "split_class", "permuted"):
+        t0 = time.perf_counter()
+        resolved = recipes.resolve(f"baselines-{scenario}", scenario_table(scenario, args.quick, args.seed))
+        _, results = run_recipe(resolved, run_dir=out / scenario, data_root=env.data_root)
+        for method, r in results.items():
+            acc = float(r.metrics["avg_acc"])
+            metrics[f"{method}_{scenario}_acc"] = acc
+            paper = PAPER.get((method, scenario))
+            rows.append({
+                "method": method, "scenario": scenario, "acc_pct": 100 * acc, "paper_pct": paper if paper is not None else "-",
+                "gap_pts": 100 * acc - paper if paper is not None else "-", "train_s": r.timings["train_s"],
+            })
+        progress = {"mode": "quick" if args.quick else "full", "done": scenario, "seconds": time.perf_counter() - t0, "metrics": metrics}
+        (out / "progress.json").write_text(json.dumps(progress, indent=2))
+    goals = {}
+    for (method, scenario), paper in PAPER.items():
+        key = f"{method}_{scenario}_acc"
+        gap = 100 * metrics[key] - paper
+        goals[f"{key} within 3 points of {paper}"] = "met" if abs(gap) <= 3 else f"NOT met ({100 * metrics[key]:.2f}, {gap:+.2f})"
+    notes = (
+        "accuracies are fractions; paper figures in %. Avalanche's EWC uses mini-batch squared gradients as the Fisher and "
+        "its SI clips importances at 0.001, so the paper's lambda/c are weaker here; quick mode trains 20x fewer iterations."
+    )
+    return BenchResult(metrics, rows, goals, notes)

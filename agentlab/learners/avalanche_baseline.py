@@ -1,0 +1,172 @@
+"""Avalanche's baselines as one of our learners: Naive, EWC, SI, LwF, Replay, GEM, A-GEM.
+
+    [agents.ewc]
+    backbone = { name = "mlp", hidden = [400, 400] }
+    learner = { name = "avalanche", strategy = "ewc", ewc_lambda = 5000, epochs = 1, lr = 0.001 }
+
+Each task of our stream is handed to an `AgentStrategy` (our agent inside
+Avalanche's `SupervisedTemplate`) carrying Avalanche's own plugin for the
+method, so the algorithm is Avalanche's code, unchanged, while our loop
+evaluates, logs and reports it exactly like our own learners (same accuracy
+matrix, TensorBoard tags and summary.json). With `avalanche_eval = true` the
+strategy also evaluates every seen task with Avalanche's `EvaluationPlugin`
+after each task (`learner.evaluator` then holds Avalanche's figures; the
+metric-equality test compares them with ours).
+
+Limits: the strategy's state (EWC importances, SI paths, replay buffers) is not
+in our checkpoints, so `--resume` restarts it empty; `state_bytes` counts the
+examples held by replay-style plugins only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from agentlab.config import check
+from agentlab.learners.finetune import require_classification
+from agentlab.learners.sgd import SGDConfig
+from agentlab.registry import BuildEnv, register
+
+STRATEGIES = ("naive", "ewc", "si", "lwf", "replay", "gem", "agem")
+
+
+@dataclass(frozen=True)
+class AvalancheConfig(SGDConfig):
+    """One of Avalanche's baseline strategies, run by Avalanche's template on our streams."""
+
+    strategy: Literal["naive", "ewc", "si", "lwf", "replay", "gem", "agem"] = "naive"
+    """which Avalanche baseline: naive (fine-tuning), ewc, si, lwf, replay, gem, agem"""
+    ewc_lambda: float = 5000.0
+    """EWC: weight of the quadratic penalty (Kirkpatrick et al. 2017)"""
+    ewc_mode: Literal["separate", "online"] = "separate"
+    """EWC: one penalty per task, or online EWC's single running one (Schwarz et al. 2018)"""
+    ewc_decay: float = 1.0
+    """online EWC: decay (gamma) of the old importances"""
+    si_lambda: float = 1.0
+    """SI: weight c of the surrogate loss (Zenke et al. 2017)"""
+    si_eps: float = 0.1
+    """SI: damping xi of the importance denominator (van de Ven & Tolias 2019 use 0.1)"""
+    lwf_alpha: float = 1.0
+    """LwF: weight of the distillation loss (Li & Hoiem 2017)"""
+    lwf_temperature: float = 2.0
+    """LwF: softmax temperature of the distillation"""
+    mem_size: int = 200
+    """Replay: examples in Avalanche's class-balanced-by-experience buffer"""
+    patterns_per_exp: int = 256
+    """GEM / A-GEM: examples stored per task"""
+    memory_strength: float = 0.5
+    """GEM: gamma, the margin added to the projected gradient (Lopez-Paz & Ranzato 2017)"""
+    sample_size: int = 256
+    """A-GEM: memory examples drawn to compute the reference gradient (Chaudhry et al. 2019)"""
+    avalanche_eval: bool = False
+    """also evaluate every seen task with Avalanche's EvaluationPlugin after each task"""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check(self.ewc_lambda >= 0, "ewc_lambda", self.ewc_lambda, "a number >= 0")
+        check(0 <= self.ewc_decay <= 1, "ewc_decay", self.ewc_decay, "in [0, 1]")
+        check(self.si_lambda >= 0, "si_lambda", self.si_lambda, "a number >= 0")
+        check(self.si_eps > 0, "si_eps", self.si_eps, "a number > 0")
+        check(self.lwf_alpha >= 0, "lwf_alpha", self.lwf_alpha, "a number >= 0")
+        check(self.lwf_temperature > 0, "lwf_temperature", self.lwf_temperature, "a number > 0")
+        check(self.mem_size >= 1, "mem_size", self.mem_size, "an integer >= 1")
+        check(self.patterns_per_exp >= 1, "patterns_per_exp", self.patterns_per_exp, "an integer >= 1")
+        check(self.memory_strength >= 0, "memory_strength", self.memory_strength, "a number >= 0")
+        check(self.sample_size >= 1, "sample_size", self.sample_size, "an integer >= 1")
+
+
+def method_plugins(cfg: AvalancheConfig) -> list[Any]:
+    """Avalanche's plugin for `cfg.strategy` (Avalanche's strategy classes are the template plus these)."""
+    from avalanche.training import plugins as P
+
+    return {
+        "naive": lambda: [],
+        "ewc": lambda: [P.EWCPlugin(cfg.ewc_lambda, mode=cfg.ewc_mode, decay_factor=cfg.ewc_decay if cfg.ewc_mode == "online" else None)],
+        "si": lambda: [P.SynapticIntelligencePlugin(cfg.si_lambda, eps=cfg.si_eps)],
+        "lwf": lambda: [P.LwFPlugin(cfg.lwf_alpha, cfg.lwf_temperature)],
+        "replay": lambda: [P.ReplayPlugin(mem_size=cfg.mem_size)],
+        "gem": lambda: [P.GEMPlugin(cfg.patterns_per_exp, cfg.memory_strength)],
+        "agem": lambda: [P.AGEMPlugin(cfg.patterns_per_exp, cfg.sample_size)],
+    }[cfg.strategy]()
+
+
+def default_evaluator(with_metrics: bool) -> Any:
+    """Silent Avalanche evaluator: accuracy and forgetting per experience and stream, or nothing."""
+    import warnings
+
+    from avalanche.evaluation.metrics import accuracy_metrics, bwt_metrics, forgetting_metrics
+    from avalanche.training.plugins import EvaluationPlugin
+
+    metrics = [] if not with_metrics else [
+        accuracy_metrics(experience=True, stream=True),
+        forgetting_metrics(experience=True, stream=True),
+        bwt_metrics(experience=True, stream=True),
+    ]
+    with warnings.catch_warnings():  # "no loggers": our loop does the logging
+        warnings.simplefilter("ignore")
+        return EvaluationPlugin(*metrics, loggers=[])
+
+
+class AvalancheBaseline:
+    """Our learner protocol (`fit(agent, task, ctx)`) around an `AgentStrategy` with a method plugin."""
+
+    name = "avalanche"
+
+    def __init__(self, cfg: AvalancheConfig, evaluator: Any = None) -> None:
+        self.cfg = cfg
+        self.evaluator = evaluator
+        self.strategy: Any = None
+
+    def __deepcopy__(self, memo: dict) -> "AvalancheBaseline":
+        # Copies of the agent (the loop's untrained snapshot, LwF's previous model) share the
+        # learner: a copy of the strategy would copy its plugins, loggers and data loaders.
+        return self
+
+    def _build(self, agent: Any, task: Any, ctx: Any) -> Any:
+        from agentlab.avalanche_bridge.strategy import AgentStrategy
+
+        if self.evaluator is None:
+            self.evaluator = default_evaluator(self.cfg.avalanche_eval)
+        return AgentStrategy(
+            agent=agent, plugins=method_plugins(self.cfg), evaluator=self.evaluator, device=ctx.device,
+            task_incremental=bool(task.task_label_at_test), max_steps=self.cfg.max_steps,
+        )
+
+    def fit(self, agent: Any, task: Any, ctx: Any) -> None:
+        from agentlab.avalanche_bridge.streams import experience_of
+
+        require_classification(task, self.name)
+        if self.strategy is None:
+            self.strategy = self._build(agent, task, ctx)
+        self.strategy.on_step = lambda loss, n: ctx.step({"ce": loss, "total": loss}, n)
+        self.strategy.train(experience_of(task, "train"), eval_streams=[])
+        if self.cfg.avalanche_eval:
+            self.strategy.eval([experience_of(t, "eval") for t in ctx.seen_tasks()])
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+    def state_bytes(self) -> int:
+        """Bytes of the examples that replay-style plugins hold (0 for the regularisers)."""
+        if self.strategy is None:
+            return 0
+        total = 0
+        for p in self.strategy.plugins:
+            buf = getattr(getattr(p, "storage_policy", None), "buffer", None)
+            if buf is not None and len(buf):
+                x0 = buf[0][0]
+                total += len(buf) * x0.numel() * x0.element_size()
+            mem = getattr(p, "memory_x", None)
+            if isinstance(mem, dict):
+                total += sum(v.numel() * v.element_size() for v in mem.values())
+        return total
+
+
+@register("learner", "avalanche", AvalancheConfig)
+def build_avalanche(cfg: AvalancheConfig, env: BuildEnv) -> AvalancheBaseline:
+    """Avalanche's baselines (naive, ewc, si, lwf, replay, gem, agem) run by Avalanche's template."""
+    return AvalancheBaseline(cfg)

@@ -1,0 +1,304 @@
+"""FNNSP: a flexible network with structural plasticity and per-task controller masks over modules.
+
+Every wrapped hidden `Linear` splits its output units into a pool of M worker modules
+(contiguous groups of units). Per task a controller chooses which modules are on:
+
+    gate_t = top-k(controller logits_t) over the modules this task may use   (straight-through sigmoid)
+    h = (W x + b) ⊙ repeat(gate_t, per module)
+
+Structural plasticity, between tasks (`on_task_start` / `on_task_end`):
+
+    activate     the pool starts with `initial_active` modules awake; dormant ones are woken
+                 when fewer than `new_modules_per_task` free modules remain
+    reconnect    a new controller starts biased towards the modules the previous task used
+                 (transfer) and towards the free modules designated for this task (capacity)
+    specialise   at task end the designated modules the task switched on become its own:
+                 protected, never trained again
+
+Hybrid fine-tuning: a task trains its controller and only the weights of its designated free
+modules; weights that any earlier task depends on are frozen entry by entry — W[r, c]
+is protected when row r feeds a protected module (or an output row an earlier task reads)
+and column c comes from a protected module (or the input). Since an earlier task gates
+every unprotected module off, its outputs cannot change (tested bit-identical).
+
+Axis legend: b = examples, m = modules, u = units per module, t = tasks.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from einops import rearrange, repeat
+from torch import Tensor, nn
+
+from agentlab.config import check
+from agentlab.protocols import PlasticityModule
+from agentlab.registry import BuildEnv, register
+
+FREE, DORMANT = -1, -2
+
+
+@dataclass(frozen=True)
+class FNNSPConfig:
+    """Worker-module pools with learned sparse per-task controller masks and structural plasticity."""
+
+    layers: str = ".*"
+    """regular expression over module names: which Linear layers FNNSP manages (the last one is the read-out)"""
+    modules: int = 16
+    """worker modules per hidden layer (the layer width must divide by it)"""
+    active_modules: int = 6
+    """modules the controller switches on per task and layer (the sparsity of the controller mask)"""
+    new_modules_per_task: int = 2
+    """free modules per layer a task (after the first) may train and then specialise"""
+    initial_active: int = 8
+    """modules awake at the start; the rest are dormant until activated"""
+    controller_lr_boost: float = 1.0
+    """initial logit bias towards reused and designated modules (reconnection)"""
+
+    def __post_init__(self) -> None:
+        check(self.modules >= 2, "modules", self.modules, "an integer >= 2")
+        check(1 <= self.active_modules <= self.modules, "active_modules", self.active_modules, f"in [1, modules={self.modules}]")
+        check(1 <= self.new_modules_per_task <= self.modules, "new_modules_per_task", self.new_modules_per_task, "in [1, modules]")
+        check(1 <= self.initial_active <= self.modules, "initial_active", self.initial_active, "in [1, modules]")
+        check(self.controller_lr_boost >= 0, "controller_lr_boost", self.controller_lr_boost, "a number >= 0")
+
+
+class _GateST(torch.autograd.Function):
+    """Forward the hard gate, backward through the soft one (straight-through)."""
+
+    @staticmethod
+    def forward(ctx: Any, soft: Tensor, hard: Tensor) -> Tensor:
+        return hard
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
+        return grad, None
+
+
+class ModularLinear(nn.Module):
+    """A Linear (kept as `base_layer`) whose output units form `modules` gated workers (none for the read-out)."""
+
+    def __init__(self, base_layer: nn.Linear, modules: int | None) -> None:
+        super().__init__()
+        self.base_layer = base_layer
+        self.n_modules = modules or 0
+        out = base_layer.out_features
+        if modules and out % modules:
+            raise ValueError(f"fnnsp.modules={modules} does not divide the layer width {out}")
+        self.controllers = nn.ParameterDict()  # str(t) -> (M,) logits while task t trains
+        self.register_buffer("owner", torch.full((self.n_modules,), FREE, dtype=torch.long))
+        self.register_buffer("row_protect", torch.zeros(out, dtype=torch.bool))  # rows earlier tasks read
+        self.register_buffer("trainable", torch.ones_like(base_layer.weight, dtype=torch.bool))
+        self.gate: Tensor | None = None  # (M,) hard gate in use now; None = all units on
+        self.gates: dict[int, Tensor] = {}
+        self.last_act: Tensor | None = None  # (b, m) mean |activation| per module of the last batch
+
+    def set_gates(self, t: int, g: Tensor) -> None:
+        self.gates[t] = g
+        self.register_buffer(f"gate_{t}", g.to(torch.bool))
+
+    def current_gate(self, t: int | None, allowed: Tensor | None) -> Tensor | None:
+        if not self.n_modules or t is None:
+            return None
+        if str(t) in self.controllers:
+            logits = self.controllers[str(t)]
+            if allowed is not None:
+                logits = logits.masked_fill(~allowed, -1e4)
+            k = min(int(allowed.sum()) if allowed is not None else self.n_modules, self._k)
+            hard = torch.zeros_like(logits).scatter_(0, logits.topk(k).indices, 1.0)
+            return _GateST.apply(torch.sigmoid(logits), hard)
+        if t in self.gates:
+            return self.gates[t].float()
+        return None
+
+    def forward(self, x: Tensor) -> Tensor:
+        w = torch.where(self.trainable, self.base_layer.weight, self.base_layer.weight.detach())
+        b = self.base_layer.bias
+        if b is not None:
+            b = torch.where(self.row_protect, b.detach(), b)
+        y = F.linear(x, w, b)
+        if self.n_modules:
+            mod = rearrange(y, "b (m u) -> b m u", m=self.n_modules)
+            self.last_act = mod.detach().abs().mean(-1)
+            if self.gate is not None:
+                y = rearrange(mod * self.gate.view(1, -1, 1), "b m u -> b (m u)")
+        return y
+
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: Any) -> None:
+        for key, value in state_dict.items():
+            name = key[len(prefix):] if key.startswith(prefix) else ""
+            if name.startswith("gate_") and "." not in name:
+                self.set_gates(int(name[5:]), torch.zeros_like(value))
+            elif name.startswith("controllers.") and name.count(".") == 1 and name[12:] not in self.controllers:
+                self.controllers[name[12:]] = nn.Parameter(torch.zeros_like(value))
+        super()._load_from_state_dict(state_dict, prefix, *args)
+        for t in list(self.gates):
+            self.gates[t] = getattr(self, f"gate_{t}").float()
+
+
+class FNNSP(PlasticityModule):
+    """See the module docstring."""
+
+    def __init__(self, cfg: FNNSPConfig = FNNSPConfig(), *, name: str = "fnnsp") -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.name = name
+        self._layers: list[ModularLinear] = []
+        self.allowed: dict[int, list[Tensor]] = {}  # per task and hidden layer: modules it may switch on
+        self.task: int | None = None
+        self.frac_updated: dict[int, float] = {}
+        self._before: list[Tensor] = []
+        self._corr: np.ndarray | None = None
+
+    # ------------------------------------------------------------------ structure
+    def attach(self, backbone: nn.Module) -> None:
+        names = [n for n, m in backbone.named_modules() if isinstance(m, nn.Linear) and re.fullmatch(self.cfg.layers, n)]
+        if len(names) < 2:
+            raise ValueError(f"fnnsp needs >= 2 Linear layers matching {self.cfg.layers!r}; found {names}")
+        for i, n in enumerate(names):
+            base = backbone.get_submodule(n)
+            layer = ModularLinear(base, None if i == len(names) - 1 else self.cfg.modules)
+            layer._k = self.cfg.active_modules
+            if layer.n_modules:
+                layer.owner[self.cfg.initial_active:] = DORMANT
+            parent, _, child = n.rpartition(".")
+            (backbone.get_submodule(parent) if parent else backbone)._modules[child] = layer
+            self._layers.append(layer)
+
+    @property
+    def hidden(self) -> list[ModularLinear]:
+        return self._layers[:-1]
+
+    @property
+    def trained(self) -> list[int]:
+        """Tasks whose controller masks are frozen (restored from a checkpoint too)."""
+        return sorted(self.hidden[0].gates)
+
+    def parameters(self, recurse: bool = True) -> Iterator[nn.Parameter]:
+        """The controllers this module owns inside the backbone (for the ledger)."""
+        for layer in self._layers:
+            yield from layer.controllers.values()
+
+    def buffers(self, recurse: bool = True) -> Iterator[Tensor]:
+        for layer in self.hidden:
+            yield from (getattr(layer, f"gate_{t}") for t in layer.gates)
+
+    # ------------------------------------------------------------------ task hooks
+    def on_task_start(self, task: Any) -> None:
+        t = task.id
+        self.task = t
+        first = not self.trained
+        allowed_all = []
+        for layer in self.hidden:
+            # activate: wake dormant modules while too few free ones remain
+            need = self.cfg.active_modules if first else self.cfg.new_modules_per_task
+            free = (layer.owner == FREE).nonzero().squeeze(1)
+            dormant = (layer.owner == DORMANT).nonzero().squeeze(1)
+            if free.numel() < need and dormant.numel():
+                layer.owner[dormant[: need - free.numel()]] = FREE
+                free = (layer.owner == FREE).nonzero().squeeze(1)
+            designated = free[:need]
+            allowed = layer.owner >= 0
+            allowed[designated] = True
+            allowed_all.append(allowed)
+            # reconnect: start from the previous task's wiring plus this task's new modules
+            logits = torch.zeros(layer.n_modules, device=layer.owner.device)
+            if self.trained:
+                logits += self.cfg.controller_lr_boost * layer.gates[self.trained[-1]].to(logits.device)
+            logits[designated] += self.cfg.controller_lr_boost
+            layer.controllers[str(t)] = nn.Parameter(logits + 0.01 * torch.randn(layer.n_modules, generator=torch.Generator().manual_seed(t)).to(logits.device))
+            layer._designated = designated
+        self.allowed[t] = allowed_all
+        # hybrid fine-tuning: entries feeding protected units from protected units stay frozen
+        prev_protect = None  # columns: the input is read by everyone
+        for i, layer in enumerate(self._layers):
+            rows = layer.row_protect.clone()
+            if layer.n_modules:
+                rows |= repeat(layer.owner >= 0, "m -> (m u)", u=layer.base_layer.out_features // layer.n_modules)
+            cols = torch.ones(layer.base_layer.in_features, dtype=torch.bool, device=rows.device) if prev_protect is None else prev_protect
+            layer.trainable.copy_(~(rows[:, None] & cols[None, :]))
+            layer.row_protect.copy_(rows)
+            prev_protect = rows if layer.n_modules else None
+        self._before = [l.base_layer.weight.detach().clone() for l in self._layers]
+        self.set_task(t)
+
+    def on_task_end(self, task: Any) -> None:
+        t = task.id
+        for layer in self.hidden:
+            with torch.no_grad():
+                g = layer.current_gate(t, self.allowed[t][self.hidden.index(layer)]).detach()
+            del layer.controllers[str(t)]
+            layer.set_gates(t, g)
+            # specialise: designated modules this task switched on become its own
+            on = g.bool()
+            for m in layer._designated.tolist():
+                if on[m]:
+                    layer.owner[m] = t
+        out = self._layers[-1]
+        rows = list(task.classes) if task.classes is not None else list(range(out.base_layer.out_features))
+        out.row_protect[rows] = True
+        changed = sum(int((l.base_layer.weight.detach() != b).sum()) for l, b in zip(self._layers, self._before))
+        total = sum(l.base_layer.weight.numel() for l in self._layers)
+        self.frac_updated[t] = changed / total
+        acts = [l.last_act for l in self.hidden if l.last_act is not None]
+        if acts:
+            a = torch.cat(acts, 1).float()  # (b, modules of all layers)
+            self._corr = np.nan_to_num(np.corrcoef(a.T.cpu().numpy()))
+        for layer in self._layers:
+            layer.trainable.fill_(False)
+
+    def set_task(self, task_id: int | None) -> None:
+        for i, layer in enumerate(self.hidden):
+            allowed = self.allowed.get(task_id, [None] * len(self.hidden))[i] if task_id is not None else None
+            layer.gate = layer.current_gate(task_id, allowed)
+
+    # ------------------------------------------------------------------ ledger and figures
+    def state_bytes(self) -> dict[int, int]:
+        out: dict[int, int] = {}
+        for layer in self.hidden:
+            for t in layer.gates:
+                out[t] = out.get(t, 0) + math.ceil(layer.n_modules / 8)  # 1 bit per module
+            for k, p in layer.controllers.items():
+                out[int(k)] = out.get(int(k), 0) + p.numel() * p.element_size()
+        return out
+
+    def scalars(self) -> dict[str, float]:
+        if not self.trained:
+            return {}
+        t = self.trained[-1]
+        out = {"frac_weights_updated": self.frac_updated[t],
+               "frac_weights_updated_mean": float(np.mean(list(self.frac_updated.values())))}
+        for i, layer in enumerate(self.hidden):
+            out[f"layer{i}/modules_owned"] = float((layer.owner >= 0).sum())
+            out[f"layer{i}/modules_free"] = float((layer.owner == FREE).sum())
+            out[f"layer{i}/modules_dormant"] = float((layer.owner == DORMANT).sum())
+            out[f"layer{i}/gate_density"] = float(layer.gates[t].mean())
+        return out
+
+    def activation_matrix(self) -> np.ndarray:
+        """(tasks, modules of all hidden layers): 1 where the task's controller switches the module on."""
+        return np.array([np.concatenate([l.gates[t].cpu().numpy() for l in self.hidden]) for t in self.trained])
+
+    def images(self) -> dict[str, Any]:
+        from agentlab.tblog import heatmap_image
+
+        if not self.trained:
+            return {}
+        out = {"module_activation": heatmap_image(self.activation_matrix(), title="controller mask (1 = module on)",
+                                                  xlabel="module (layers side by side)", ylabel="task")}
+        if self._corr is not None:
+            out["module_correlation"] = heatmap_image(self._corr, title="module activation correlation",
+                                                      xlabel="module", ylabel="module", vmin=-1.0, vmax=1.0)
+        return out
+
+
+@register("plasticity", "fnnsp", FNNSPConfig)
+def build_fnnsp(cfg: FNNSPConfig, env: BuildEnv) -> FNNSP:
+    """FNNSP: worker-module pools, sparse per-task controller masks, structural plasticity, hybrid fine-tuning."""
+    return FNNSP(cfg)

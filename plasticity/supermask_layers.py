@@ -1,0 +1,282 @@
+"""Layer wrappers of SupSup (Wortsman et al. 2020, "Supermasks in Superposition").
+
+A wrapped `Linear` or `Conv2d` keeps its original as `base_layer`, with fixed random
+weights W that are never trained. Task t uses W ⊙ M_t, where M_t is a binary
+supermask learned through real-valued scores S_t:
+
+    training task t     M_t = top-k%(|S_t|) (or S_t >= 0), straight-through gradient to S_t
+    frozen task t       M_t unpacked from 1 bit per weight (`plasticity.bitpack`)
+    superposition       y = Σ_i α_{b,i} (W ⊙ M_i) x_b + bias    (per example b; used by task inference)
+    no task state       y = base_layer(x)
+
+A wrapped `BatchNorm` keeps one non-affine BatchNorm per task (sharing BN state across
+tasks breaks old tasks, a known trap of the reference code); in superposition it
+mixes the per-task normalisations with the same α.
+
+Axis legend: b = examples, k = tasks in superposition, o = output units / channels,
+i = input units, h w = spatial.
+
+All wrappers read what to compute from one shared `MaskContext`, set by the SupSup module.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from einops import einsum, rearrange
+from torch import Tensor, nn
+
+from plasticity.bitpack import pack_bits, packed_size, unpack_bits
+
+MaskRule = Literal["topk", "threshold"]
+
+
+@dataclass
+class MaskContext:
+    """What every wrapper computes now: one task's sub-network, a superposition, or the base layer."""
+
+    mode: Literal["base", "task", "superpose"] = "base"
+    task: int | None = None
+    tasks: list[int] = field(default_factory=list)  # the k tasks in superposition, in alpha's column order
+    alpha: Tensor | None = None  # (B, k) superposition coefficients, one row per example
+
+
+# ---------------------------------------------------------------------------- masks
+
+
+class _StraightThrough(torch.autograd.Function):
+    """Forward: the binary mask; backward: the gradient passes to the scores unchanged (Bengio et al. 2013)."""
+
+    @staticmethod
+    def forward(ctx: Any, scores: Tensor, mask: Tensor) -> Tensor:
+        return mask
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
+        return grad, None
+
+
+def binary_mask(scores: Tensor, rule: MaskRule, density: float) -> Tensor:
+    """M = 1 on the top `density` fraction of |scores| ("topk", SupSup GG) or where scores >= 0 ("threshold", GNu)."""
+    if rule == "threshold":
+        hard = (scores.detach() >= 0).to(scores.dtype)
+        return _StraightThrough.apply(scores, hard)
+    with torch.no_grad():
+        mag = scores.abs()
+        flat = mag.reshape(-1)
+        n_drop = flat.numel() - int(round(density * flat.numel()))
+        if n_drop <= 0:
+            hard = torch.ones_like(scores)
+        else:
+            cut = flat.kthvalue(n_drop).values
+            hard = (mag > cut).to(scores.dtype)
+    # The top-k rule ranks |scores|, so the straight-through gradient goes to |scores| and
+    # from there through abs() (as edge-popup and SupSup's GetSubnet(scores.abs())).
+    return _StraightThrough.apply(scores.abs(), hard)
+
+
+def signed_constant_(weight: Tensor, *, density: float, scale_fan: bool) -> None:
+    """w = sign(w) · gain / sqrt(fan_in), gain = sqrt(2) for ReLU (SupSup's "signed constant" init).
+
+    With `scale_fan` the fan-in counts only the kept weights (fan_in · density), as the
+    reference code's scale-fan option does, so activations keep their scale under the mask.
+    """
+    fan_in = weight[0].numel()
+    fan = fan_in * density if scale_fan else fan_in
+    gain = nn.init.calculate_gain("relu")
+    with torch.no_grad():
+        nn.init.kaiming_normal_(weight)  # only the signs are kept
+        weight.copy_(weight.sign() * gain / math.sqrt(fan))
+
+
+# ---------------------------------------------------------------------------- weight layers
+
+
+class SupermaskLayer(nn.Module):
+    """A `Linear` or `Conv2d` with fixed weights and one supermask per task.
+
+    Per-task state: `scores[str(t)]` (float, trainable) while task t trains, then
+    the buffer `mask_<t>` (uint8, 1 bit per weight) once it is frozen.
+    """
+
+    def __init__(self, base_layer: nn.Linear | nn.Conv2d, ctx: MaskContext, *, rule: MaskRule, density: float,
+                 cache_size: int = 8) -> None:
+        super().__init__()
+        self.base_layer = base_layer
+        self.ctx = ctx
+        self.rule: MaskRule = rule
+        self.density = density
+        self.scores = nn.ParameterDict()
+        self.frozen: list[int] = []
+        self._cache: OrderedDict[int, Tensor] = OrderedDict()  # unpacked masks of recently used frozen tasks
+        self._cache_size = cache_size
+        self.soft_mask: Tensor | None = None  # (B, o, i) per-example masks set by Hopfield recovery
+        for p in base_layer.parameters():
+            p.requires_grad_(False)
+
+    # ---------------------------------------------------------------- per-task state
+    @property
+    def weight(self) -> Tensor:
+        return self.base_layer.weight
+
+    def add_task(self, t: int) -> None:
+        """Fresh scores for task t, Kaiming-uniform as the reference initialises them."""
+        s = torch.empty_like(self.weight)
+        nn.init.kaiming_uniform_(s, a=math.sqrt(5))
+        self.scores[str(t)] = nn.Parameter(s)
+
+    def freeze_task(self, t: int) -> None:
+        """Pack task t's mask into 1 bit per weight and drop its float scores."""
+        key = str(t)
+        if key not in self.scores:
+            return
+        mask = binary_mask(self.scores[key].detach(), self.rule, self.density)
+        self.register_buffer(f"mask_{t}", pack_bits(mask))
+        del self.scores[key]
+        if t not in self.frozen:
+            self.frozen.append(t)
+
+    def has_task(self, t: int) -> bool:
+        return str(t) in self.scores or t in self.frozen
+
+    def mask(self, t: int) -> Tensor:
+        """Task t's binary mask (float 0/1, shaped like the weight); straight-through while it trains."""
+        key = str(t)
+        if key in self.scores:
+            return binary_mask(self.scores[key], self.rule, self.density)
+        if t in self._cache:
+            self._cache.move_to_end(t)
+            return self._cache[t]
+        m = unpack_bits(getattr(self, f"mask_{t}"), self.weight.shape, self.weight.dtype)
+        self._cache[t] = m
+        if len(self._cache) > self._cache_size:
+            self._cache.popitem(last=False)
+        return m
+
+    def task_bytes(self, t: int) -> int:
+        """Bytes kept for task t: 1 bit per weight once frozen, 4 bytes per score while training."""
+        if t in self.frozen:
+            return packed_size(self.weight.numel())
+        if str(t) in self.scores:
+            return self.scores[str(t)].numel() * self.scores[str(t)].element_size()
+        return 0
+
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, local_metadata: Any, strict: bool,
+                              missing_keys: list, unexpected_keys: list, error_msgs: list) -> None:
+        # A freshly attached layer has no per-task entries: create those the checkpoint names.
+        for key, value in state_dict.items():
+            if not key.startswith(prefix):
+                continue
+            name = key[len(prefix):]
+            if name.startswith("mask_") and "." not in name:
+                t = int(name[len("mask_"):])
+                self.register_buffer(name, torch.empty_like(value))
+                if t not in self.frozen:
+                    self.frozen.append(t)
+                    self.frozen.sort()
+            elif name.startswith("scores.") and name.count(".") == 1:
+                t = name.split(".", 1)[1]
+                if t not in self.scores:
+                    self.scores[t] = nn.Parameter(torch.empty_like(value))
+        self._cache.clear()
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
+
+    # ---------------------------------------------------------------- computing
+    def _apply_weight(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        if isinstance(self.base_layer, nn.Conv2d):
+            return self.base_layer._conv_forward(x, weight, bias)
+        return F.linear(x, weight, bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        c = self.ctx
+        if c.mode == "superpose":
+            return self._superposed(x)
+        if c.mode == "task" and c.task is not None and self.has_task(c.task):
+            return self._apply_weight(x, self.weight * self.mask(c.task), self.base_layer.bias)
+        return self.base_layer(x)
+
+    def _superposed(self, x: Tensor, chunk: int = 32) -> Tensor:
+        """y_b = Σ_i α_{b,i} (W ⊙ M_i) x_b + bias: per-example coefficients, so d entropy_b / d α_b is exact."""
+        alpha = self.ctx.alpha  # (B, k)
+        assert alpha is not None
+        if self.soft_mask is not None:  # one free mask per example (Linear only): y_b = (W ⊙ m_b) x_b
+            y = einsum(self.weight * self.soft_mask, x, "b o i, b i -> b o")
+            return y + self.base_layer.bias if self.base_layer.bias is not None else y
+        y = None
+        for start in range(0, len(self.ctx.tasks), chunk):
+            tasks = self.ctx.tasks[start : start + chunk]
+            w = torch.stack([self.weight * self.mask(t) for t in tasks])  # (k, o, i[, h, w])
+            z = self._apply_weight(x, rearrange(w, "k o ... -> (k o) ..."), None)
+            if isinstance(self.base_layer, nn.Conv2d):
+                z = rearrange(z, "b (k o) h w -> b k o h w", k=len(tasks))
+            else:
+                z = rearrange(z, "b ... (k o) -> b k ... o", k=len(tasks))
+            part = einsum(alpha[:, start : start + len(tasks)], z, "b k, b k ... -> b ...")
+            y = part if y is None else y + part
+        bias = self.base_layer.bias
+        if bias is not None:
+            y = y + (bias.view(-1, 1, 1) if isinstance(self.base_layer, nn.Conv2d) else bias)
+        return y
+
+
+# ---------------------------------------------------------------------------- batch norm
+
+
+class TaskBatchNorm(nn.Module):
+    """One non-affine BatchNorm per task around the backbone's BatchNorm (kept as `base_layer`)."""
+
+    def __init__(self, base_layer: nn.modules.batchnorm._BatchNorm, ctx: MaskContext) -> None:
+        super().__init__()
+        self.base_layer = base_layer
+        self.ctx = ctx
+        self.per_task = nn.ModuleDict()
+        for p in base_layer.parameters():
+            p.requires_grad_(False)
+
+    def _new_bn(self) -> nn.Module:
+        b = self.base_layer
+        return type(b)(b.num_features, eps=b.eps, momentum=b.momentum, affine=False, track_running_stats=True)
+
+    def add_task(self, t: int) -> None:
+        ref = next(iter([*self.base_layer.parameters(), *self.base_layer.buffers()]), None)
+        self.per_task[str(t)] = self._new_bn().to(ref.device if ref is not None else "cpu")
+
+    def freeze_task(self, t: int) -> None:
+        """Nothing to pack: the running statistics (2 floats per channel) are the task's state."""
+
+    def has_task(self, t: int) -> bool:
+        return str(t) in self.per_task
+
+    def task_bytes(self, t: int) -> int:
+        bn = self.per_task[str(t)] if str(t) in self.per_task else None
+        return 0 if bn is None else sum(b.numel() * b.element_size() for n, b in bn.named_buffers() if n != "num_batches_tracked")
+
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, local_metadata: Any, strict: bool,
+                              missing_keys: list, unexpected_keys: list, error_msgs: list) -> None:
+        for key in state_dict:
+            if key.startswith(prefix + "per_task."):
+                t = key[len(prefix + "per_task."):].split(".", 1)[0]
+                if t not in self.per_task:
+                    self.per_task[t] = self._new_bn()
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
+
+    def forward(self, x: Tensor) -> Tensor:
+        c = self.ctx
+        if c.mode == "superpose":
+            # Σ_i α_{b,i} BN_i(x_b) with each task's running statistics (eval-mode normalisation).
+            alpha = c.alpha  # (B, k)
+            shape = (1, -1) + (1,) * (x.ndim - 2)
+            y = x.new_zeros(x.shape)
+            for j, t in enumerate(c.tasks):
+                bn = self.per_task[str(t)]
+                norm = (x - bn.running_mean.view(shape)) / torch.sqrt(bn.running_var.view(shape) + bn.eps)
+                y = y + alpha[:, j].view(-1, *([1] * (x.ndim - 1))) * norm
+            return y
+        if c.mode == "task" and c.task is not None and self.has_task(c.task):
+            return self.per_task[str(c.task)](x)
+        return self.base_layer(x)

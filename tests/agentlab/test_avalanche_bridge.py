@@ -1,0 +1,165 @@
+"""The Avalanche bridge both ways: streams, agent as strategy, baselines as learners, equal metrics."""
+
+from __future__ import annotations
+
+import re
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from agentlab import metrics as M
+from agentlab import recipe as recipes
+from agentlab.agent import Agent
+from agentlab.avalanche_bridge import AgentStrategy, from_avalanche, to_avalanche
+from agentlab.backbones.mlp import MLP
+from agentlab.learners.finetune import FineTune
+from agentlab.learners.sgd import SGDConfig
+from agentlab.runner import run_recipe
+from scenarios.mnist import split_mnist
+
+
+def small(data_root, scenario="class", n=60, n_eval=40):
+    return split_mnist(data_root, scenario=scenario, max_per_task=n, max_eval_per_task=n_eval)
+
+
+def test_round_trip(data_root):
+    s = small(data_root, "task")
+    back = from_avalanche(to_avalanche(s))
+    assert len(back) == 5 and back.scenario == "task" and back.n_classes == 10 and back.input_shape == (1, 28, 28)
+    for a, b in zip(s, back):
+        assert a.classes == b.classes
+        assert torch.equal(a.train.all()[0], b.train.all()[0]) and torch.equal(a.train.all()[1], b.train.all()[1])
+        assert torch.equal(a.eval.all()[0], b.eval.all()[0])
+
+
+def test_scenario_inferred(data_root):
+    assert from_avalanche(to_avalanche(small(data_root, "class"))).scenario == "class"
+    assert from_avalanche(to_avalanche(small(data_root, "domain"))).scenario == "domain"
+
+
+def test_avalanche_classic_benchmark(data_root):
+    from avalanche.benchmarks.classic import SplitMNIST
+
+    bm = SplitMNIST(5, dataset_root=str(data_root), fixed_class_order=list(range(10)))
+    s = from_avalanche(bm, name="avalanche-split-mnist")
+    assert len(s) == 5 and s.scenario == "class"
+    t = s[0]
+    assert t.classes == (0, 1) and len(t.train) == 12665 and set(t.train.y.tolist()) == {0, 1}
+
+
+def _agent(seed=0):
+    torch.manual_seed(seed)
+    return Agent(MLP(784, [64], 10), learner=FineTune(SGDConfig(lr=0.01, batch_size=20, epochs=1)))
+
+
+def test_agent_as_strategy_with_evaluation_plugin(data_root):
+    from avalanche.evaluation.metrics import accuracy_metrics, loss_metrics
+    from avalanche.logging import BaseLogger
+    from avalanche.training.plugins import EvaluationPlugin
+
+    class Collect(BaseLogger):
+        def __init__(self):
+            super().__init__()
+            self.names = []
+
+        def log_single_metric(self, name, value, x_plot):
+            self.names.append(name)
+
+    log = Collect()
+    ev = EvaluationPlugin(accuracy_metrics(epoch=True, experience=True, stream=True), loss_metrics(minibatch=True), loggers=[log])
+    agent = _agent()
+    calls = []
+    agent.start_task = lambda task, f=agent.start_task: (calls.append(("start", task.id)), f(task))[1]
+    agent.end_task = lambda task, f=agent.end_task: (calls.append(("end", task.id)), f(task))[1]
+    bench = to_avalanche(small(data_root, "task"), tasks=[0, 1])
+    strategy = AgentStrategy(agent=agent, evaluator=ev, task_incremental=True)
+    for exp in bench.train_stream:
+        strategy.train(exp)
+    res = strategy.eval(bench.test_stream)
+    assert calls == [("start", 0), ("end", 0), ("start", 1), ("end", 1)]
+    assert 0.5 < res["Top1_Acc_Stream/eval_phase/test_stream"] <= 1.0
+    assert any(n.startswith("Loss_MB/train_phase") for n in log.names)
+    assert any(n.startswith("Top1_Acc_Epoch/train_phase") for n in log.names)
+
+
+def _avalanche_values(metrics, prefix):
+    """{exp index: [values in evaluation order]} for per-experience metrics named `prefix.../ExpNNN`."""
+    out = {}
+    for name, (_, values) in metrics.items():
+        if name.startswith(prefix):
+            out[int(re.search(r"Exp(\d+)$", name).group(1))] = list(values)
+    return out
+
+
+@pytest.mark.parametrize("scenario", ["class", "task"])
+def test_metrics_equal_avalanches(data_root, scenario):
+    """On one run, our accuracy matrix, average accuracy, BWT and forgetting equal Avalanche's metrics."""
+    table = {
+        "stream": {"name": "split-mnist", "scenario": scenario, "max_per_task": 80, "max_eval_per_task": 50},
+        "loop": {"checkpoint": False, "eval_next": False},
+        "agents": {"naive": {"backbone": {"name": "mlp", "hidden": [64]},
+                             "learner": {"name": "avalanche", "strategy": "naive", "lr": 0.01, "batch_size": 20, "avalanche_eval": True}}},
+    }
+    with tempfile.TemporaryDirectory() as d:
+        _, results = run_recipe(recipes.resolve("eq", table), run_dir=Path(d) / "run", data_root=data_root)
+    r = results["naive"]
+    learner_metrics = LAST["learner"].evaluator.get_all_metrics()
+    acc = _avalanche_values(learner_metrics, "Top1_Acc_Exp/eval_phase/test_stream")
+    T = r.R.shape[0]
+    R_av = np.full((T, T), np.nan)
+    for j, vals in acc.items():
+        assert len(vals) == T - j  # evaluated after tasks j..T-1
+        R_av[j:, j] = vals
+    np.testing.assert_allclose(np.tril(r.R), np.tril(R_av), atol=1e-9)
+    stream_acc = learner_metrics["Top1_Acc_Stream/eval_phase/test_stream"][1][-1]
+    assert r.metrics["avg_acc"] == pytest.approx(stream_acc, abs=1e-9)  # equal eval sizes: the mean is the pooled accuracy
+    forg = learner_metrics["StreamForgetting/eval_phase/test_stream"][1][-1]
+    F = M.avalanche_forgetting_matrix(r.R)
+    assert forg == pytest.approx(F[-1, :-1].mean(), abs=1e-9)
+    assert r.metrics["bwt"] == pytest.approx(-forg, abs=1e-9)
+    assert r.metrics["bwt"] == pytest.approx(learner_metrics["StreamBWT/eval_phase/test_stream"][1][-1], abs=1e-9)
+    exp_forg = _avalanche_values(learner_metrics, "ExperienceForgetting/eval_phase/test_stream")
+    for k in range(T - 1):
+        assert exp_forg[k][-1] == pytest.approx(r.R[k, k] - r.R[-1, k], abs=1e-9)
+    # Our (Chaudhry) forgetting takes the best earlier accuracy, so it is at least Avalanche's
+    assert r.metrics["forgetting"] >= forg - 1e-12
+
+
+LAST: dict = {}
+
+
+@pytest.fixture(autouse=True)
+def _capture_learner(monkeypatch):
+    """Keep the last `avalanche` learner built, to read its Avalanche evaluator after the run."""
+    from agentlab.learners import avalanche_baseline as ab
+
+    orig = ab.AvalancheBaseline.__init__
+
+    def init(self, *a, **k):
+        orig(self, *a, **k)
+        LAST["learner"] = self
+
+    monkeypatch.setattr(ab.AvalancheBaseline, "__init__", init)
+
+
+@pytest.mark.parametrize("strategy", ["naive", "ewc", "si", "lwf", "replay", "gem", "agem"])
+def test_baseline_learner_trains(data_root, strategy):
+    table = {
+        "stream": {"name": "split-mnist", "scenario": "task", "max_per_task": 30, "max_eval_per_task": 10},
+        "loop": {"checkpoint": False, "eval_next": False},
+        "agents": {strategy: {"backbone": {"name": "mlp", "hidden": [32]},
+                              "learner": {"name": "avalanche", "strategy": strategy, "batch_size": 10, "max_steps": 2,
+                                          "mem_size": 20, "patterns_per_exp": 10, "sample_size": 10}}},
+    }
+    resolved = recipes.resolve("b", table)
+    with tempfile.TemporaryDirectory() as d:
+        _, results = run_recipe(resolved, run_dir=Path(d) / "run", data_root=data_root)
+    r = results[strategy]
+    assert r.completed, r.message
+    assert r.R.shape == (5, 5) and np.isfinite(np.diag(r.R)).all()
+    strat = LAST["learner"].strategy
+    assert strat.clock.train_iterations == 5 * 2  # max_steps=2 per task, counted by Avalanche's clock
+    assert len(r.history) == 5
