@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from agentlab.config import check
 from agentlab.protocols import PlasticityModule
 from agentlab.registry import BuildEnv, register
-from plasticity.sparse_figures import density_scalars, magnitude_images, magnitude_scalars
+from plasticity.sparse_figures import density_scalars, magnitude_histograms, magnitude_images, magnitude_scalars
 from plasticity.sparse_layer import FREE, SparseLayer, sparse_bytes, wrap_layers
 
 
@@ -173,6 +173,9 @@ class Lottery(PlasticityModule):
 
     def images(self) -> dict[str, Tensor]:
         return magnitude_images(self.layers)
+
+    def histograms(self) -> dict[str, Tensor]:
+        return magnitude_histograms(self.layers)
 
     def get_extra_state(self) -> dict[str, Any]:
         return {"rounds": self.rounds}

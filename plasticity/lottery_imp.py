@@ -100,6 +100,35 @@ def _log(ctx: Any, name: str, row: dict[str, float]) -> None:
     ctx.log_scalar(f"plasticity/{name}/remaining_by_round", row["remaining"], int(row["round"]))
 
 
+def curve_image(rows: list[dict[str, float]]) -> Any:
+    """Accuracy against fraction of weights remaining (log x), ticket and random control: an RGB array (H, W, 3)."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.image as mpimg
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    x = [100 * r["remaining"] for r in rows]
+    ax.plot(x, [100 * r["ticket_acc"] for r in rows], "o-", label="ticket (rewound)")
+    if all("random_acc" in r for r in rows):
+        ax.plot(x, [100 * r["random_acc"] for r in rows], "s--", label="random re-init")
+    ax.axhline(100 * rows[0]["ticket_acc"], color="gray", lw=0.8, label="dense")
+    ax.set_xscale("log")
+    ax.invert_xaxis()
+    ax.set_xlabel("% of weights remaining")
+    ax.set_ylabel("test accuracy %")
+    ax.legend()
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=80)
+    plt.close(fig)
+    buf.seek(0)
+    return (mpimg.imread(buf)[..., :3] * 255).astype("uint8")
+
+
 class IMP:
     """The `imp` learner: finds a lottery ticket on each task it fits (usually a single-task stream)."""
 

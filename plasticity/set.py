@@ -29,7 +29,7 @@ from agentlab.config import check
 from agentlab.protocols import PlasticityModule
 from agentlab.registry import BuildEnv, register
 from plasticity.rewire import cosine_zeta, prune_nearest_zero, regrow_gradient, regrow_random
-from plasticity.sparse_figures import density_scalars, magnitude_images, magnitude_scalars
+from plasticity.sparse_figures import density_scalars, magnitude_histograms, magnitude_images, magnitude_scalars
 from plasticity.sparse_layer import FREE, SparseLayer, erdos_renyi_density, random_positions, sparse_bytes, wrap_layers
 
 
@@ -257,6 +257,9 @@ class SET(PlasticityModule):
 
     def images(self) -> dict[str, Tensor]:
         return magnitude_images(self.layers)
+
+    def histograms(self) -> dict[str, Tensor]:
+        return magnitude_histograms(self.layers)
 
     # ------------------------------------------------------------------ checkpoints
     def get_extra_state(self) -> dict[str, Any]:

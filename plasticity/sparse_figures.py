@@ -52,3 +52,8 @@ def histogram_image(values: Tensor, *, bins: int = 48, height: int = 40) -> Tens
 def magnitude_images(layers: dict[str, SparseLayer]) -> dict[str, Tensor]:
     """weight_hist/<layer>: histogram of |w| over the active connections, 0 to max|w| left to right."""
     return {f"weight_hist/{n}": histogram_image(l.weight[l.owner >= 0].abs()) for n, l in layers.items()}
+
+
+def magnitude_histograms(layers: dict[str, SparseLayer]) -> dict[str, Tensor]:
+    """weight_abs/<layer>: |w| over the active connections, for TensorBoard's histogram tab."""
+    return {f"weight_abs/{n}": l.weight.detach()[l.owner >= 0].abs() for n, l in layers.items()}

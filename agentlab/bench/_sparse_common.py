@@ -67,7 +67,16 @@ def say(msg: str) -> None:
 
 
 def tb_dir(bench: str, quick: bool) -> Path:
+    """runs/bench/<bench>[-quick]-tb; the benchmark's entry points empty it first so it shows the latest run only."""
     return Path("runs") / "bench" / f"{bench}{'-quick' if quick else ''}-tb"
+
+
+def fresh_tb_dir(bench: str, quick: bool) -> Path:
+    import shutil
+
+    d = tb_dir(bench, quick)
+    shutil.rmtree(d, ignore_errors=True)
+    return d
 
 
 def goal(ok: bool, got: str) -> str:

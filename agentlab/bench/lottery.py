@@ -11,7 +11,8 @@ Metrics: `dense_acc`; `remaining_at_dense` (the smallest fraction remaining whos
 ticket still reaches the dense accuracy); `ticket_acc_at_5pct` and
 `random_acc_at_5pct` at the first round with at most 5% remaining. Rows: the
 whole curve. TensorBoard: runs/bench/lottery[-quick]-tb/ plasticity/lottery/
-ticket_acc and random_acc against 10,000 x fraction remaining.
+ticket_acc and random_acc against 10,000 x fraction remaining, and the
+image plasticity/lottery/curve (both curves against % remaining, log x).
 """
 
 from __future__ import annotations
@@ -19,10 +20,10 @@ from __future__ import annotations
 from agentlab.agent import Agent
 from agentlab.backbones.mlp import MLP
 from agentlab.bench import BenchArgs, BenchResult, register_bench
-from agentlab.bench._sparse_common import one_thread, data_root, goal, say, tb_dir, vision_task
+from agentlab.bench._sparse_common import fresh_tb_dir, one_thread, data_root, goal, say, tb_dir, vision_task
 from agentlab.registry import BuildEnv
 from plasticity.lottery import Lottery, LotteryConfig
-from plasticity.lottery_imp import IMPConfig, run_imp
+from plasticity.lottery_imp import IMPConfig, curve_image, run_imp
 
 # Frankle & Carbin train LeNet with Adam 1.2e-3, batch 60 for 50K iterations (~50 epochs); 2 epochs per round here (shared CPU).
 FULL = {"epochs": 2, "rounds": 16, "prune": 0.2, "prune_out": 0.1, "train_n": 0, "test_n": 0}
@@ -38,6 +39,7 @@ def bench_lottery(args: BenchArgs, env: BuildEnv) -> BenchResult:
     from agentlab.tblog import TBLogger
 
     one_thread()
+    fresh_tb_dir("lottery", args.quick)
     p = QUICK if args.quick else FULL
     task = vision_task("mnist", data_root(args, env), train_n=p["train_n"], test_n=p["test_n"])
     torch.manual_seed(args.seed)
@@ -49,6 +51,7 @@ def bench_lottery(args: BenchArgs, env: BuildEnv) -> BenchResult:
     show = lambda r: say(f"lottery: round {r['round']} remaining {100 * r['remaining']:.2f}% ticket {100 * r['ticket_acc']:.2f}% random {100 * r.get('random_acc', float('nan')):.2f}%")
     try:
         rows = run_imp(agent, task, cfg, ctx, seed=args.seed, on_row=show)
+        log.image("plasticity/lottery/curve", curve_image(rows), len(rows) - 1)
     finally:
         log.close()
     dense = rows[0]["ticket_acc"]

@@ -14,7 +14,7 @@ from __future__ import annotations
 from agentlab.agent import Agent
 from agentlab.backbones.mlp import MLP
 from agentlab.bench import BenchArgs, BenchResult, register_bench
-from agentlab.bench._sparse_common import one_thread, data_root, fit_one_task, goal, say, tb_dir, vision_task
+from agentlab.bench._sparse_common import fresh_tb_dir, one_thread, data_root, fit_one_task, goal, say, tb_dir, vision_task
 from agentlab.learners.finetune import FineTune
 from agentlab.learners.sgd import SGDConfig
 from agentlab.registry import BuildEnv
@@ -58,6 +58,7 @@ def _log_set(s: SET, log_dir) -> None:
 def bench_set_mnist(args: BenchArgs, env: BuildEnv) -> BenchResult:
     """SET MLP (3 hidden layers, <= 5% connections) on MNIST and Fashion-MNIST against the dense MLP."""
     one_thread()
+    fresh_tb_dir("set-mnist", args.quick)
     p = QUICK if args.quick else FULL
     root = data_root(args, env)
     rows, m = [], {}

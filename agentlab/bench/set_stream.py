@@ -14,7 +14,7 @@ from __future__ import annotations
 from agentlab.agent import Agent
 from agentlab.backbones.mlp import MLP
 from agentlab.bench import BenchArgs, BenchResult, register_bench
-from agentlab.bench._sparse_common import one_thread, data_root, goal, say, tb_dir
+from agentlab.bench._sparse_common import fresh_tb_dir, one_thread, data_root, goal, say, tb_dir
 from agentlab.learners.finetune import FineTune
 from agentlab.learners.sgd import SGDConfig
 from agentlab.registry import BuildEnv, build
@@ -67,6 +67,7 @@ def run_stream(name: str, p: dict, args: BenchArgs, env: BuildEnv) -> dict:
 def bench_set_stream(args: BenchArgs, env: BuildEnv) -> BenchResult:
     """Split MNIST and Permuted MNIST-10, task-incremental, with frozen-and-grow SET."""
     one_thread()
+    fresh_tb_dir("set-stream", args.quick)
     params = QUICK if args.quick else FULL
     rows = [run_stream(name, p, args, env) for name, p in params.items()]
     m = {"avg_acc": sum(r["avg_acc"] for r in rows) / len(rows), "bwt": min(r["bwt"] for r in rows),

@@ -192,3 +192,36 @@ def test_per_epoch_rewiring_happens_between_epochs_only():
     agent.learner.fit(agent, t, _ctx())
     agent.end_task(t)
     assert len(s.rewire_log) == 2  # after epochs 1 and 2, not after the last
+
+
+def test_checkpoint_files_round_trip_a_set_agent(tmp_path):
+    from agentlab.checkpoint import load_latest, save_checkpoint
+
+    torch.manual_seed(0)
+    cfg = SETConfig(epsilon=3, freeze_per_task=True)
+    agent = Agent(MLP(20, [16], 6), plasticity=[SET(cfg)])
+    agent.start_task(_task(0, (0, 1)))
+    agent.plasticity[0].rewire()
+    save_checkpoint(tmp_path, 0, {"agent": agent.state_dict()})
+    _, state = load_latest(tmp_path)
+    fresh = Agent(MLP(20, [16], 6), plasticity=[SET(cfg, seed=3)])
+    fresh.load_state_dict(state["agent"])
+    x = torch.randn(5, 20)
+    with torch.no_grad():
+        assert torch.equal(fresh(x, task_id=0), agent(x, task_id=0))
+    assert fresh.plasticity[0].rewirings == 1
+
+
+def test_figures_cover_density_rewiring_capacity_and_histograms():
+    torch.manual_seed(0)
+    s = SET(SETConfig(epsilon=3, freeze_per_task=True))
+    agent = Agent(MLP(20, [16], 6), plasticity=[s])
+    agent.start_task(_task(0, (0, 1)))
+    s.rewire()
+    sc = agent.scalars()
+    for tag in ("density/total", "density/layers.0", "pruned/layers.0", "regrown/layers.0", "capacity/task_000", "capacity/free"):
+        assert f"plasticity/set/{tag}" in sc
+    hist = agent.histograms()["plasticity/set/weight_abs/layers.0"]
+    assert hist.numel() == s.layers["layers.0"].n_active() and bool((hist >= 0).all())
+    img = agent.images()["plasticity/set/weight_hist/layers.0"]
+    assert img.ndim == 3 and float(img.max()) <= 1.0
