@@ -138,6 +138,17 @@ def trait_recovery(agent: Agent, module: Any, stream: LazyStream, traits: list[A
 @register_bench("personalize")
 def bench_personalize(args: BenchArgs, env: BuildEnv) -> BenchResult:
     """Population model vs per-person adapters on simulated problem-solving traces (accuracy, bytes, fingerprints)."""
+    # One thread: the model is tiny (84k parameters, batches of 20 traces) and on a shared CPU OpenMP
+    # threads spin-waiting on each other cost far more than they save.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _bench(args)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _bench(args: BenchArgs) -> BenchResult:
     from agentlab.learners.personalize import Personalize, PersonalizeConfig
     from scenarios.personalization import PersonalizationConfig, personalization_stream
     from scenarios.traces.simulator import SESSION_LEN
