@@ -176,5 +176,15 @@ class Agent(nn.Module):
             out.update({f"memory/{m.name}/{k}": v for k, v in m.images().items()})
         return out
 
+    def histograms(self) -> dict[str, Tensor]:
+        """Value sets for TensorBoard histograms from modules that define `histograms()` (e.g. DNC slot usage)."""
+        out: dict[str, Tensor] = {}
+        for kind, mods in (("plasticity", self.plasticity), ("memory", self.memories())):
+            for m in mods:
+                hist = getattr(m, "histograms", None)
+                if hist is not None:
+                    out.update({f"{kind}/{m.name}/{k}": v for k, v in hist().items()})
+        return out
+
     def backbone_bytes(self) -> int:
         return tensor_bytes(self.backbone.parameters()) + tensor_bytes(self.backbone.buffers())

@@ -4,6 +4,7 @@
     agentlab list
     agentlab report RUN_DIR
     agentlab bench NAME [--quick] [--json PATH] [--seed N]
+    agentlab fewshot --ways N --shots K [--queries Q] [--episodes E] [RECIPE]
 
 Exit codes: 0 success, 1 a run that failed (NaN loss) or was interrupted, 2 bad input.
 """
@@ -49,6 +50,10 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--json", dest="json_path", help="write the result JSON here (default: runs/bench/<name>[-quick].json)")
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--data-root", help="where data sets live")
+
+    from agentlab.fewshot import add_parser as add_fewshot
+
+    add_fewshot(sub)
     return p
 
 
@@ -104,7 +109,7 @@ def cmd_list(args: argparse.Namespace) -> int:
         print(f"  {name:<24} {desc}")
     for kind in registry.KINDS:
         table = registry.entries(kind)
-        print(f"{kind}s:" if kind != "memory" else "memory:")
+        print({"plasticity": "plasticity:", "memory": "memory:", "bench": "benchmarks:"}.get(kind, f"{kind}s:"))
         for name, e in sorted(table.items()):
             print(f"  {name:<24} {e.doc}")
     return EXIT_OK
@@ -168,7 +173,9 @@ def _fmt(v: object) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    commands = {"run": cmd_run, "list": cmd_list, "report": cmd_report, "bench": cmd_bench}
+    from agentlab.fewshot import cmd_fewshot
+
+    commands = {"run": cmd_run, "list": cmd_list, "report": cmd_report, "bench": cmd_bench, "fewshot": cmd_fewshot}
     try:
         return commands[args.command](args)
     except UserError as e:

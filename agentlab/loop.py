@@ -291,6 +291,8 @@ def _log_task(logger: Any, agent: Any, R: np.ndarray, b: np.ndarray, figures: di
     logger.scalars(agent.scalars(), step)
     for tag, img in agent.images().items():
         logger.image(tag, img, step)
+    for tag, values in getattr(agent, "histograms", dict)().items():
+        logger.histogram(tag, values, step)
     n = R.shape[1]
     if n <= 64:
         logger.image("cl/accuracy_matrix", heatmap_image(R[: i + 1, : min(n, i + 2)]), step)

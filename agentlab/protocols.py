@@ -118,6 +118,14 @@ class PlasticityModule(nn.Module):
         """Images (C, H, W) in [0, 1] for TensorBoard under `plasticity/<name>/<image>`."""
         return {}
 
+    def histograms(self) -> dict[str, Tensor]:
+        """Value sets for TensorBoard histograms under `plasticity/<name>/<figure>` (weight magnitudes...)."""
+        return {}
+
+    def accounted_tensors(self) -> list[Tensor]:
+        """Backbone tensors this module wraps without registering them, already counted in its own bytes."""
+        return []
+
 
 # ---------------------------------------------------------------------------- memory
 
@@ -177,6 +185,10 @@ class MemoryModule(nn.Module):
 
     def images(self) -> dict[str, Tensor]:
         """Images (C, H, W) in [0, 1] for TensorBoard under `memory/<name>/<image>`."""
+        return {}
+
+    def histograms(self) -> dict[str, Tensor]:
+        """Value sets for TensorBoard histograms under `memory/<name>/<figure>` (slot usage...)."""
         return {}
 
 

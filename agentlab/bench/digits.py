@@ -14,7 +14,7 @@ from agentlab.registry import BuildEnv
 def bench_digits(args: BenchArgs, env: BuildEnv) -> BenchResult:
     """Class-incremental 8x8 digits: how much fine-tuning forgets and replay keeps."""
     name, table = recipes.read_recipe("digits-split")
-    overrides = [f"seed={args.seed}"] + (["learner.epochs=3"] if args.quick else [])
+    overrides = [f"seed={args.seed}"] + (["learner.epochs=1"] if args.quick else [])
     resolved = recipes.resolve(name, recipes.apply_overrides(table, overrides))
     from agentlab.runner import run_recipe
 

@@ -1,0 +1,72 @@
+"""`lottery`: lottery tickets in LeNet 300-100 on MNIST (Frankle & Carbin 2019), with the random re-init control.
+
+Iterative magnitude pruning, global over the hidden layers at 20% of the
+remaining weights per round and the output layer at 10%, survivors rewound to
+their initial values (k = 0); full: down to under 3% remaining (16 rounds).
+Every round's mask is also trained from a fresh random initialisation.
+Quick: the same code on a 12,000-example subset, 2 epochs per round, 50% / 25%
+per round, 5 rounds (down to about 3%).
+
+Metrics: `dense_acc`; `remaining_at_dense` (the smallest fraction remaining whose
+ticket still reaches the dense accuracy); `ticket_acc_at_5pct` and
+`random_acc_at_5pct` at the first round with at most 5% remaining. Rows: the
+whole curve. TensorBoard: runs/bench/lottery[-quick]-tb/ plasticity/lottery/
+ticket_acc and random_acc against 10,000 x fraction remaining, and the
+image plasticity/lottery/curve (both curves against % remaining, log x).
+"""
+
+from __future__ import annotations
+
+from agentlab.agent import Agent
+from agentlab.backbones.mlp import MLP
+from agentlab.bench import BenchArgs, BenchResult, register_bench
+from agentlab.bench._sparse_common import fresh_tb_dir, one_thread, data_root, goal, say, tb_dir, vision_task
+from agentlab.registry import BuildEnv
+from plasticity.lottery import Lottery, LotteryConfig
+from plasticity.lottery_imp import IMPConfig, curve_image, run_imp
+
+# Frankle & Carbin train LeNet with Adam 1.2e-3, batch 60 for 50K iterations (~50 epochs); 2 epochs per round here (shared CPU).
+FULL = {"epochs": 2, "rounds": 16, "prune": 0.2, "prune_out": 0.1, "train_n": 0, "test_n": 0}
+QUICK = {"epochs": 2, "rounds": 5, "prune": 0.5, "prune_out": 0.25, "train_n": 12000, "test_n": 5000}
+
+
+@register_bench("lottery")
+def bench_lottery(args: BenchArgs, env: BuildEnv) -> BenchResult:
+    """LeNet 300-100 lottery tickets on MNIST: accuracy against weights remaining, ticket vs random re-init."""
+    import torch
+
+    from agentlab.context import FitContext
+    from agentlab.tblog import TBLogger
+
+    one_thread()
+    fresh_tb_dir("lottery", args.quick)
+    p = QUICK if args.quick else FULL
+    task = vision_task("mnist", data_root(args, env), train_n=p["train_n"], test_n=p["test_n"])
+    torch.manual_seed(args.seed)
+    lot = Lottery(LotteryConfig(scope="global", prune_fraction=p["prune"], output_fraction=p["prune_out"]), seed=args.seed)
+    agent = Agent(MLP(784, [300, 100], 10), plasticity=[lot], label="lenet300-100")
+    cfg = IMPConfig(epochs=p["epochs"], lr=1.2e-3, batch_size=60, rounds=p["rounds"], control=True)
+    log = TBLogger(tb_dir("lottery", args.quick))
+    ctx = FitContext(generator=torch.Generator().manual_seed(args.seed), task_index=0, n_tasks=1, log_scalar=log.scalar)
+    show = lambda r: say(f"lottery: round {r['round']} remaining {100 * r['remaining']:.2f}% ticket {100 * r['ticket_acc']:.2f}% random {100 * r.get('random_acc', float('nan')):.2f}%")
+    try:
+        rows = run_imp(agent, task, cfg, ctx, seed=args.seed, on_row=show)
+        log.image("plasticity/lottery/curve", curve_image(rows), len(rows) - 1)
+    finally:
+        log.close()
+    dense = rows[0]["ticket_acc"]
+    at_dense = [r["remaining"] for r in rows if r["ticket_acc"] >= dense]
+    small = [r for r in rows if r["remaining"] <= 0.05]
+    at5 = small[0] if small else rows[-1]
+    m = {"dense_acc": dense, "remaining_at_dense": min(at_dense), "ticket_acc_at_5pct": at5["ticket_acc"],
+         "random_acc_at_5pct": at5["random_acc"], "remaining_at_5pct_row": at5["remaining"]}
+    down_to_5 = [r for r in rows if r["remaining"] >= at5["remaining"]]
+    stays = all(r["ticket_acc"] >= dense for r in down_to_5)
+    goals = {
+        "ticket >= dense down to <= 5% remaining": goal(stays, "; ".join(
+            f"{100 * r['remaining']:.1f}%: {100 * r['ticket_acc']:.2f}" for r in down_to_5 if r["ticket_acc"] < dense) + f" vs dense {100 * dense:.2f}"),
+        "random re-init below the ticket at <= 5%": goal(at5["random_acc"] < at5["ticket_acc"],
+                                                         f"random {100 * at5['random_acc']:.2f} vs ticket {100 * at5['ticket_acc']:.2f}"),
+    }
+    notes = f"LeNet 300-100, Adam 1.2e-3, batch 60, {p}; rewind k=0; 5% row at {100 * at5['remaining']:.2f}% remaining"
+    return BenchResult(m, rows, goals, notes)

@@ -1,0 +1,140 @@
+"""The sequence learner: masked sigmoid cross-entropy on algorithmic tasks, with a length curriculum.
+
+Each step samples a fresh batch from the task's `SequenceSource` with pattern
+lengths uniform in [min_len, current max]; the loss is the cost in bits per
+sequence (summed over bits and scored steps, as in the DNC paper); the global
+gradient norm is clipped (DNC training diverges without it). The curriculum
+(Graves et al. 2014/2016) starts the max length at `start_len` and raises it by
+`len_step` whenever the mean training cost of the last `check_every` steps is
+below `threshold` bits per sequence.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import time
+
+import torch
+
+from agentlab.config import check
+from agentlab.learners.sgd import make_optimizer
+from agentlab.registry import BuildEnv, register
+
+
+@dataclass(frozen=True)
+class SequenceConfig:
+    """Training settings for `sequence` tasks."""
+
+    steps: int = 1000
+    """optimiser steps per task"""
+    batch_size: int = 16
+    """sequences per step"""
+    lr: float = 1e-3
+    """learning rate"""
+    optimizer: Literal["sgd", "adam", "rmsprop"] = "adam"
+    """optimiser"""
+    momentum: float = 0.0
+    """SGD momentum"""
+    weight_decay: float = 0.0
+    """L2 penalty"""
+    grad_clip: float = 10.0
+    """clip the global gradient norm to this value; 0 = off"""
+    start_len: int = 0
+    """curriculum: first max length; 0 = no curriculum (the task's full range from the start)"""
+    len_step: int = 1
+    """curriculum: how much the max length grows at a time"""
+    threshold: float = 1.0
+    """curriculum: grow when the mean cost of the last window is below this many bits per sequence"""
+    check_every: int = 50
+    """curriculum: window length in steps"""
+    time_budget_s: float = 0.0
+    """stop a task after this many seconds of training; 0 = no limit (steps decide)"""
+
+    def __post_init__(self) -> None:
+        check(self.steps >= 1, "steps", self.steps, "an integer >= 1")
+        check(self.batch_size >= 1, "batch_size", self.batch_size, "an integer >= 1")
+        check(self.lr > 0, "lr", self.lr, "a number > 0")
+        check(0 <= self.momentum < 1, "momentum", self.momentum, "in [0, 1)")
+        check(self.weight_decay >= 0, "weight_decay", self.weight_decay, "a number >= 0")
+        check(self.grad_clip >= 0, "grad_clip", self.grad_clip, "a number >= 0")
+        check(self.start_len >= 0, "start_len", self.start_len, "an integer >= 0")
+        check(self.len_step >= 1, "len_step", self.len_step, "an integer >= 1")
+        check(self.threshold > 0, "threshold", self.threshold, "a number > 0")
+        check(self.check_every >= 1, "check_every", self.check_every, "an integer >= 1")
+        check(self.time_budget_s >= 0, "time_budget_s", self.time_budget_s, "a number >= 0")
+
+
+class Curriculum:
+    """The current max length, raised when the windowed training cost falls below the threshold."""
+
+    def __init__(self, cfg: SequenceConfig, max_len: int) -> None:
+        self.cfg, self.max_len = cfg, max_len
+        self.current = min(cfg.start_len, max_len) if cfg.start_len else max_len
+        self._window: list[float] = []
+
+    def update(self, cost: float) -> int:
+        self._window.append(cost)
+        if len(self._window) >= self.cfg.check_every:
+            if self.current < self.max_len and sum(self._window) / len(self._window) < self.cfg.threshold:
+                self.current = min(self.current + self.cfg.len_step, self.max_len)
+            self._window = []
+        return self.current
+
+
+class SequenceLearner:
+    name = "sequence"
+
+    def __init__(self, cfg: SequenceConfig) -> None:
+        self.cfg = cfg
+        self.last_max_len = 0
+        self.steps_done = 0
+
+    def fit(self, agent: Any, task: Any, ctx: Any) -> None:
+        from scenarios.algorithmic import bits_per_sequence
+
+        if task.kind != "sequence":
+            raise ValueError(f"learner 'sequence' trains sequence tasks; task {task.name!r} is a {task.kind!r} task")
+        cfg, src = self.cfg, task.train
+        optimizer = make_optimizer(agent.trainable_parameters(), cfg)
+        curriculum = self.curriculum = Curriculum(cfg, src.spec.max_len)
+        t0 = time.perf_counter()
+        self.steps_done = 0
+        for _ in range(cfg.steps):
+            if cfg.time_budget_s and time.perf_counter() - t0 > cfg.time_budget_s:
+                break
+            agent.train()
+            b = src.batch(ctx.generator, cfg.batch_size, curriculum.current).to(ctx.device)
+            logits = agent(b.x, task.id)
+            cost = bits_per_sequence(logits, b.y, b.mask)
+            terms = agent.loss_terms(b, logits)
+            loss = cost + sum(terms.values()) if terms else cost
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(list(agent.trainable_parameters()), cfg.grad_clip)
+            optimizer.step()
+            agent.after_step(ctx.global_step)
+            losses = {"bits_per_seq": float(cost.detach()), "max_len": float(curriculum.current)}
+            losses.update({k: float(v.detach()) for k, v in terms.items()})
+            losses["total"] = float(loss.detach())
+            curriculum.update(losses["bits_per_seq"])
+            ctx.step(losses, len(b))
+            self.steps_done += 1
+        self.last_max_len = curriculum.current
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+    def state_bytes(self) -> int:
+        return 0
+
+
+@register("learner", "sequence", SequenceConfig)
+def build_sequence(cfg: SequenceConfig, env: BuildEnv) -> SequenceLearner:
+    """Masked sigmoid cross-entropy (bits per sequence) on algorithmic tasks, with a length curriculum."""
+    return SequenceLearner(cfg)

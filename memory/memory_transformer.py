@@ -1,0 +1,215 @@
+"""A transformer encoder with an external key-value memory written by least-recently-used access (MANN).
+
+Axis legend: B batch, T steps, S memory slots, D model dim, F input features.
+
+Per episode the module reads a sequence x (B, T, F):
+
+    h = TransformerEncoder(in_proj(x))  causal self-attention over the steps seen so far  (B, T, D)
+    for t = 1..T:                       the external memory, step by step (Santoro et al. 2016, sec. 3)
+        read      w_r = softmax(q_t K^T / sqrt(D)) over written slots,   r_t = w_r V        (B, S), (B, D)
+        write     w_w = sigmoid(a) w_r(t-1) + (1 - sigmoid(a)) w_lu(t-1)                     (B, S)
+                  w_lu = one-hot of the least-used slot (MANN eq. 6-8, one read head)
+                  K <- (1 - w_w) K + w_w k_t^T,   V <- (1 - w_w) V + w_w v_t^T               (overwrite in place)
+        usage     u <- gamma u + w_r + w_w                                                   (MANN eq. 5)
+    y_t = out_proj([h_t, r_t])                                                               (B, T, D)
+
+Reading precedes writing at every step, so y_t depends on memory written at
+steps < t only. Memory holds `slots` entries (default 500); it starts empty
+(`initial_state`) for every episode, and with `reset = "task"` or "never" the
+learner may carry a state across episodes instead. State is an explicit
+`KVMemoryState`; the module keeps only the last episode's trace (usage, write and
+read weights) for TensorBoard: `memory/memory_transformer/{usage_heatmap,
+write_locations}` images and the `read_entropy` scalar.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from einops import einsum, rearrange
+from torch import Tensor, nn
+
+from agentlab.config import check
+from agentlab.protocols import MemoryModule
+from agentlab.registry import BuildEnv, register
+
+
+@dataclass(frozen=True)
+class MemoryTransformerConfig:
+    """Transformer encoder plus an external key-value memory with LRU writes."""
+
+    in_features: int = 64
+    """features of one step's input (image embedding, previous label...)"""
+    dim: int = 128
+    """model dimension (keys and values too)"""
+    heads: int = 4
+    """self-attention heads"""
+    layers: int = 2
+    """transformer encoder layers"""
+    slots: int = 500
+    """external memory slots"""
+    gamma: float = 0.95
+    """usage decay (MANN eq. 5)"""
+    reset: Literal["episode", "task", "never"] = "episode"
+    """when the memory is emptied: every episode, at every task start, or never"""
+    write_gate_init: float = -2.0
+    """initial logit of the interpolation between last-read and least-used slots (negative: mostly LRU)"""
+    address_features: int = 0
+    """>0: read queries and write keys come from separate address features of this size through one
+    tied projection (content addressing as in MANN); 0: both from the encoder states"""
+
+    def __post_init__(self) -> None:
+        for key in ("in_features", "dim", "heads", "layers", "slots"):
+            check(getattr(self, key) >= 1, key, getattr(self, key), "an integer >= 1")
+        check(self.dim % self.heads == 0, "heads", self.heads, f"a divisor of dim={self.dim}")
+        check(0 < self.gamma <= 1, "gamma", self.gamma, "in (0, 1]")
+
+
+class KVMemoryState(NamedTuple):
+    keys: Tensor  # (B, S, D)
+    values: Tensor  # (B, S, D)
+    usage: Tensor  # (B, S)
+    written: Tensor  # (B, S) bool, slot holds something
+    last_read: Tensor  # (B, S) read weights of the previous step
+
+
+def least_used(usage: Tensor) -> Tensor:
+    """One-hot (B, S) of each row's least-used slot (lowest index on ties)."""
+    return F.one_hot(usage.argmin(-1), usage.shape[-1]).to(usage.dtype)
+
+
+def read(q: Tensor, state: KVMemoryState) -> tuple[Tensor, Tensor]:
+    """Attention read: q (B, D) -> (r (B, D), w_r (B, S)); unwritten slots get zero weight (zero read if none)."""
+    scores = einsum(q, state.keys, "b d, b s d -> b s") / math.sqrt(q.shape[-1])
+    scores = scores.masked_fill(~state.written, float("-inf"))
+    w = torch.softmax(scores, dim=-1).nan_to_num(0.0)  # rows with nothing written -> all zeros
+    return einsum(w, state.values, "b s, b s d -> b d"), w
+
+
+def write(k: Tensor, v: Tensor, w_w: Tensor, state: KVMemoryState, w_r: Tensor, gamma: float) -> KVMemoryState:
+    """Overwrite slots in proportion to w_w (B, S) with key k and value v (B, D); update usage."""
+    keep = (1 - w_w)[..., None]
+    keys = keep * state.keys + w_w[..., None] * k[:, None]
+    values = keep * state.values + w_w[..., None] * v[:, None]
+    usage = gamma * state.usage + w_r + w_w
+    return KVMemoryState(keys, values, usage, state.written | (w_w > 0.5), w_r)
+
+
+class MemoryTransformer(MemoryModule):
+    """(B, T, F) -> (B, T, D): causal transformer encoder whose every step reads and writes the external memory."""
+
+    name = "memory_transformer"
+
+    def __init__(self, cfg: MemoryTransformerConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        d = cfg.dim
+        self.in_proj = nn.Linear(cfg.in_features, d)
+        layer = nn.TransformerEncoderLayer(d, cfg.heads, 2 * d, dropout=0.0, batch_first=True, norm_first=True)
+        self.encoder = nn.TransformerEncoder(layer, cfg.layers, enable_nested_tensor=False)
+        self.to_q, self.to_k, self.to_v = nn.Linear(d, d), nn.Linear(d, d), nn.Linear(d, d)
+        if cfg.address_features:
+            # one projection for both read queries and write keys: at initialisation a read
+            # already finds the slots written with similar address features
+            self.address = nn.Sequential(nn.LayerNorm(cfg.address_features), nn.Linear(cfg.address_features, d))
+        self.write_gate = nn.Parameter(torch.tensor(cfg.write_gate_init))
+        self.out_proj = nn.Sequential(nn.LayerNorm(2 * d), nn.Linear(2 * d, d))
+        self.trace: dict[str, Tensor] = {}
+        self.carried: KVMemoryState | None = None
+
+    def initial_state(self, batch_size: int, device: torch.device | str = "cpu") -> KVMemoryState:
+        s, d = self.cfg.slots, self.cfg.dim
+        z = torch.zeros(batch_size, s, device=device)
+        return KVMemoryState(torch.zeros(batch_size, s, d, device=device), torch.zeros(batch_size, s, d, device=device),
+                             z, torch.zeros(batch_size, s, dtype=torch.bool, device=device), z.clone())
+
+    def forward(
+        self, x: Tensor, state: KVMemoryState, *, write_mask: Tensor | None = None, attend: Tensor | None = None,
+        read_address: Tensor | None = None, write_address: Tensor | None = None,
+    ) -> tuple[Tensor, KVMemoryState]:
+        """x (B, T, F) -> (B, T, D) and the new state.
+
+        `write_mask` (B, T) bool: which steps write (default all). `attend` (T, T) bool:
+        True where step i must *not* attend to step j (default: causal, j > i blocked).
+        With `address_features`, `read_address` and `write_address` (B, T, A) give the
+        features that read queries and write keys are computed from.
+        """
+        b, t, _ = x.shape
+        blocked = attend if attend is not None else torch.triu(torch.ones(t, t, dtype=torch.bool, device=x.device), 1)
+        h = self.encoder(self.in_proj(x), mask=blocked)  # (B, T, D)
+        if self.cfg.address_features and read_address is not None and write_address is not None:
+            q, k = self.address(read_address), self.address(write_address)
+        else:
+            q, k = self.to_q(h), self.to_k(h)
+        v = self.to_v(h)
+        g = torch.sigmoid(self.write_gate)
+        reads, usage_trace, write_trace, read_trace = [], [], [], []
+        for i in range(t):
+            r, w_r = read(q[:, i], state)
+            w_w = g * state.last_read + (1 - g) * least_used(state.usage)  # MANN eq. 8
+            if write_mask is not None:
+                w_w = w_w * write_mask[:, i, None].to(w_w.dtype)
+            state = write(k[:, i], v[:, i], w_w, state, w_r, self.cfg.gamma)
+            reads.append(r)
+            usage_trace.append(state.usage[0].detach())
+            write_trace.append(w_w[0].detach())
+            read_trace.append(w_r.detach())
+        self.trace = {"usage": torch.stack(usage_trace), "write": torch.stack(write_trace), "read": torch.stack(read_trace, 1)}
+        r = torch.stack(reads, dim=1)  # (B, T, D)
+        return self.out_proj(torch.cat([h, r], dim=-1)), state
+
+    # ------------------------------------------------------------------ lifecycle
+    def start_state(self, batch_size: int, device: torch.device | str = "cpu") -> KVMemoryState:
+        """The state an episode starts from: empty with `reset = "episode"`, else the carried one (if any, same batch)."""
+        c = self.carried
+        if self.cfg.reset != "episode" and c is not None and c.keys.shape[0] == batch_size:
+            return KVMemoryState(*(t.to(device) for t in c))
+        return self.initial_state(batch_size, device)
+
+    def keep(self, state: KVMemoryState) -> None:
+        """Carry `state` (detached) to the next episode unless memory is reset per episode."""
+        if self.cfg.reset != "episode":
+            self.carried = KVMemoryState(*(t.detach() for t in state))
+
+    def reset(self) -> None:
+        """Forget the carried memory (the recurrent state itself lives with the caller)."""
+        self.carried = None
+
+    def on_task_start(self, task) -> None:
+        if self.cfg.reset in ("episode", "task"):  # "never": carried memory survives task boundaries
+            self.reset()
+
+    # ------------------------------------------------------------------ reporting
+    def scalars(self) -> dict[str, float]:
+        if not self.trace:
+            return {}
+        w = self.trace["read"]  # (B, T, S)
+        entropy = -(w * torch.log(w + 1e-12)).sum(-1)  # (B, T) nats
+        used = self.trace["usage"][-1]
+        return {"read_entropy": float(entropy.mean()), "slots_used": float((used > 1e-3).sum()),
+                "usage_mean": float(used.mean())}
+
+    def images(self) -> dict[str, Tensor]:
+        """(1, T, S) heat-maps of the first episode of the last batch: usage and write weights over steps."""
+        if not self.trace:
+            return {}
+        out = {}
+        for name, key in (("usage_heatmap", "usage"), ("write_locations", "write")):
+            m = self.trace[key]
+            n = int((self.trace["usage"][-1] > 1e-3).sum()) or 1
+            m = m[:, : max(n, 1)]  # the slots that were touched
+            out[name] = rearrange(m / m.max().clamp_min(1e-12), "t s -> 1 t s").clamp(0, 1)
+        return out
+
+    def state_bytes(self) -> int:
+        return 0 if self.carried is None else sum(t.numel() * t.element_size() for t in self.carried)
+
+
+@register("memory", "memory_transformer", MemoryTransformerConfig)
+def build_memory_transformer(cfg: MemoryTransformerConfig, env: BuildEnv) -> MemoryTransformer:
+    """Transformer encoder with a 500-slot key-value memory written by LRU access (MANN)."""
+    return MemoryTransformer(cfg)

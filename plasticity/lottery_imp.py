@@ -1,0 +1,159 @@
+"""Iterative magnitude pruning (Frankle & Carbin 2019) as a learner: train, prune, rewind, retrain; repeat.
+
+    round 0   train the dense network; remember the weights at step k (k = 0: the initialisation)
+    round r   prune `prune_fraction` of the remaining weights by magnitude (the trained round r-1 ticket);
+              control: same mask, fresh random values, train, evaluate     (optional, `control = true`)
+              ticket:  rewind the survivors to their step-k values, train, evaluate
+
+The agent needs a `lottery` plasticity module. After `fit` the agent holds the
+last round's trained ticket; `rows` holds the whole curve (fraction remaining,
+ticket accuracy, control accuracy). TensorBoard: `plasticity/<name>/ticket_acc`
+and `.../random_acc` against the fraction remaining in basis points (x = 10,000
+* remaining: 500 = 5%), and `.../ticket_acc_by_round` against the round.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from agentlab.config import check
+from agentlab.evaluate import evaluate
+from agentlab.learners.finetune import require_classification, train_split
+from agentlab.learners.sgd import SGDConfig, supervised_step
+from agentlab.registry import BuildEnv, register
+from plasticity.lottery import Lottery
+
+
+@dataclass(frozen=True)
+class IMPConfig(SGDConfig):
+    """Training settings of every round plus the pruning schedule."""
+
+    rounds: int = 5
+    """pruning rounds after the dense one (remaining after r rounds is about (1 - prune_fraction)^r)"""
+    rewind_step: int = 0
+    """rewind survivors to their values after this many steps of the dense run (0 = the initialisation)"""
+    control: bool = False
+    """also train the random re-initialisation of every round's mask (doubles the cost)"""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check(self.rounds >= 0, "rounds", self.rounds, "an integer >= 0")
+        check(self.rewind_step >= 0, "rewind_step", self.rewind_step, "an integer >= 0")
+
+
+def find_lottery(agent: Any) -> Lottery:
+    found = [p for p in agent.plasticity if isinstance(p, Lottery)]
+    if len(found) != 1:
+        raise ValueError("the imp learner needs exactly one `lottery` plasticity module in the agent; add [[plasticity]] name = \"lottery\"")
+    return found[0]
+
+
+def run_imp(
+    agent: Any, task: Any, cfg: IMPConfig, ctx: Any, *, seed: int = 0, on_row: Callable[[dict], None] | None = None
+) -> list[dict[str, float]]:
+    """The IMP loop of the module docstring; returns one row per round."""
+    lottery = find_lottery(agent)
+    steps = 0
+
+    def dense_step(batch: Any, optimizer: Any) -> dict[str, float]:
+        nonlocal steps
+        if steps == cfg.rewind_step:
+            lottery.remember()  # the values at step k, before the k-th update
+        steps += 1
+        return supervised_step(agent, batch, optimizer, cfg, task)
+
+    def acc() -> float:
+        return evaluate(agent, task, device=ctx.device).acc
+
+    train_split(agent, task, task.train, cfg, ctx, step_fn=dense_step)
+    if lottery.rewind_state is None:  # rewind_step beyond the run: rewind to its end
+        lottery.remember()
+    dense = acc()
+    rows = [{"round": 0, "remaining": lottery.remaining(), "ticket_acc": dense, "random_acc": dense}]
+    _log(ctx, lottery.name, rows[-1])
+    if on_row:
+        on_row(rows[-1])
+    for r in range(1, cfg.rounds + 1):
+        lottery.prune()
+        row: dict[str, float] = {"round": r, "remaining": lottery.remaining()}
+        if cfg.control:
+            lottery.reinit(seed * 1000 + r)
+            train_split(agent, task, task.train, cfg, ctx)
+            row["random_acc"] = acc()
+        lottery.rewind()
+        train_split(agent, task, task.train, cfg, ctx)
+        row["ticket_acc"] = acc()
+        rows.append(row)
+        _log(ctx, lottery.name, row)
+        if on_row:
+            on_row(row)
+    return rows
+
+
+def _log(ctx: Any, name: str, row: dict[str, float]) -> None:
+    x = int(round(10_000 * row["remaining"]))
+    ctx.log_scalar(f"plasticity/{name}/ticket_acc", row["ticket_acc"], x)
+    if "random_acc" in row:
+        ctx.log_scalar(f"plasticity/{name}/random_acc", row["random_acc"], x)
+    ctx.log_scalar(f"plasticity/{name}/ticket_acc_by_round", row["ticket_acc"], int(row["round"]))
+    ctx.log_scalar(f"plasticity/{name}/remaining_by_round", row["remaining"], int(row["round"]))
+
+
+def curve_image(rows: list[dict[str, float]]) -> Any:
+    """Accuracy against fraction of weights remaining (log x), ticket and random control: an RGB array (H, W, 3)."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.image as mpimg
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    x = [100 * r["remaining"] for r in rows]
+    ax.plot(x, [100 * r["ticket_acc"] for r in rows], "o-", label="ticket (rewound)")
+    if all("random_acc" in r for r in rows):
+        ax.plot(x, [100 * r["random_acc"] for r in rows], "s--", label="random re-init")
+    ax.axhline(100 * rows[0]["ticket_acc"], color="gray", lw=0.8, label="dense")
+    ax.set_xscale("log")
+    ax.invert_xaxis()
+    ax.set_xlabel("% of weights remaining")
+    ax.set_ylabel("test accuracy %")
+    ax.legend()
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=80)
+    plt.close(fig)
+    buf.seek(0)
+    return (mpimg.imread(buf)[..., :3] * 255).astype("uint8")
+
+
+class IMP:
+    """The `imp` learner: finds a lottery ticket on each task it fits (usually a single-task stream)."""
+
+    name = "imp"
+
+    def __init__(self, cfg: IMPConfig, *, seed: int = 0) -> None:
+        self.cfg = cfg
+        self.seed = seed
+        self.rows: list[dict[str, float]] = []
+
+    def fit(self, agent: Any, task: Any, ctx: Any) -> None:
+        require_classification(task, self.name)
+        self.rows = run_imp(agent, task, self.cfg, ctx, seed=self.seed)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"rows": [dict(r) for r in self.rows]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.rows = [dict(r) for r in state.get("rows", [])]
+
+    def state_bytes(self) -> int:
+        return 0
+
+
+@register("learner", "imp", IMPConfig)
+def build_imp(cfg: IMPConfig, env: BuildEnv) -> IMP:
+    """Iterative magnitude pruning with rewinding (lottery tickets); needs a `lottery` plasticity module."""
+    return IMP(cfg, seed=env.seed)
