@@ -31,8 +31,6 @@ changes nothing (neither the store in memory nor any file).
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, NamedTuple, Sequence
@@ -40,6 +38,8 @@ from typing import Any, NamedTuple, Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from agentlab.checkpoint import atomic_write_bytes
 
 FORMAT = "agentlab-mini-rag/1"
 EVICTIONS = ("lru", "fifo")
@@ -224,19 +224,7 @@ class EpisodeStore:
             "meta": json.dumps(self.meta),
         }
         data = save({k: v.contiguous() for k, v in tensors.items()}, metadata=header)
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        atomic_write_bytes(Path(path), data)
 
     @classmethod
     def load(cls, path: str | Path) -> "EpisodeStore":

@@ -7,6 +7,7 @@ from typing import Any
 from agentlab.data import Split
 from agentlab.learners.sgd import SGDConfig, make_optimizer, supervised_step
 from agentlab.registry import BuildEnv, register
+from agentlab.learners.base import StatelessLearner
 
 
 def require_classification(task: Any, learner: str) -> None:
@@ -40,7 +41,7 @@ def train_split(
             break
 
 
-class FineTune:
+class FineTune(StatelessLearner):
     name = "finetune"
 
     def __init__(self, cfg: SGDConfig) -> None:
@@ -49,15 +50,6 @@ class FineTune:
     def fit(self, agent: Any, task: Any, ctx: Any) -> None:
         require_classification(task, self.name)
         train_split(agent, task, task.train, self.cfg, ctx)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        pass
-
-    def state_bytes(self) -> int:
-        return 0
 
 
 @register("learner", "finetune", SGDConfig)

@@ -14,6 +14,7 @@ from agentlab.data import concat_splits
 from agentlab.learners.finetune import require_classification, train_split
 from agentlab.learners.sgd import SGDConfig
 from agentlab.registry import BuildEnv, register
+from agentlab.learners.base import StatelessLearner
 
 
 @dataclass(frozen=True)
@@ -21,7 +22,7 @@ class JointConfig(SGDConfig):
     """Cumulative joint training over all tasks seen so far (same fields as fine-tuning)."""
 
 
-class Joint:
+class Joint(StatelessLearner):
     name = "joint"
 
     def __init__(self, cfg: JointConfig) -> None:
@@ -33,15 +34,6 @@ class Joint:
         union = concat_splits([t.train for t in seen], [t.id for t in seen])
         classes = {t.id: t.classes for t in seen}
         train_split(agent, task, union, self.cfg, ctx, classes_by_task=classes)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        pass
-
-    def state_bytes(self) -> int:
-        return 0
 
 
 @register("learner", "joint", JointConfig)

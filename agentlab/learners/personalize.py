@@ -22,6 +22,7 @@ from agentlab.config import check
 from agentlab.registry import BuildEnv, register
 from plasticity.adapter import is_population_task
 from scenarios.traces.objective import trace_losses
+from agentlab.learners.base import StatelessLearner
 
 
 @dataclass(frozen=True)
@@ -62,7 +63,7 @@ class PersonalizeConfig:
         check(self.grad_clip >= 0, "grad_clip", self.grad_clip, "a number >= 0")
 
 
-class Personalize:
+class Personalize(StatelessLearner):
     name = "personalize"
 
     def __init__(self, cfg: PersonalizeConfig) -> None:
@@ -114,15 +115,6 @@ class Personalize:
                 if step >= self.cfg.steps:
                     break
         agent.after_epoch(0)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        pass
-
-    def state_bytes(self) -> int:
-        return 0
 
 
 @register("learner", "personalize", PersonalizeConfig)

@@ -31,6 +31,7 @@ from torch import Tensor
 
 from agentlab.config import check
 from agentlab.registry import BuildEnv, register
+from agentlab.learners.base import StatelessLearner
 
 
 def prototypes(z: Tensor, y: Tensor, ways: int) -> Tensor:
@@ -90,7 +91,7 @@ class ProtoNetConfig:
         check(self.time_budget_s >= 0, "time_budget_s", self.time_budget_s, "a number >= 0")
 
 
-class ProtoNet:
+class ProtoNet(StatelessLearner):
     """Learner: `fit` trains on episodes from `task.train` (an `EpisodeSampler`); `predict_episode` answers test episodes."""
 
     name = "protonet"
@@ -180,15 +181,6 @@ class ProtoNet:
         zs = self._embed_keyed(agent, episode.support_x, episode.support_keys, device)
         zq = self._embed_keyed(agent, episode.query_x, episode.query_keys, device)
         return neg_sq_dist(zq, prototypes(zs, episode.support_y.to(device), episode.ways))
-
-    def state_dict(self) -> dict[str, Any]:
-        return {}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        pass
-
-    def state_bytes(self) -> int:
-        return 0
 
 
 @register("learner", "protonet", ProtoNetConfig)

@@ -21,6 +21,7 @@ import torch
 from agentlab.config import check
 from agentlab.learners.sgd import make_optimizer
 from agentlab.registry import BuildEnv, register
+from agentlab.learners.base import StatelessLearner
 
 
 @dataclass(frozen=True)
@@ -83,7 +84,7 @@ class Curriculum:
         return self.current
 
 
-class SequenceLearner:
+class SequenceLearner(StatelessLearner):
     name = "sequence"
 
     def __init__(self, cfg: SequenceConfig) -> None:
@@ -123,15 +124,6 @@ class SequenceLearner:
             ctx.step(losses, len(b))
             self.steps_done += 1
         self.last_max_len = curriculum.current
-
-    def state_dict(self) -> dict[str, Any]:
-        return {}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        pass
-
-    def state_bytes(self) -> int:
-        return 0
 
 
 @register("learner", "sequence", SequenceConfig)

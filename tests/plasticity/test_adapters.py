@@ -22,7 +22,7 @@ from scenarios.traces.encode import encode
 from scenarios.traces.objective import trace_losses
 from scenarios.traces.simulator import draw_traits, simulate_person
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 TARGETS = ["cond", "action_head", "time_head", "blocks.1.ff.2"]
 KINDS = {
     "lora": lambda: LoRA(LoRAConfig(target_modules=TARGETS, rank=2)),

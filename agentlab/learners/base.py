@@ -1,0 +1,21 @@
+"""What learners share."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class StatelessLearner:
+    """A learner that keeps nothing between tasks: empty checkpoint state, nothing in the memory ledger.
+
+    Learners with state across tasks (replay buffers) override all three methods.
+    """
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+    def state_bytes(self) -> int:
+        return 0
