@@ -38,6 +38,7 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--data-root", help="where data sets live (default: $AGENTLAB_DATA, else ~/.cache/agentlab/data)")
     r.add_argument("--agent", action="append", help="run only this agent of the recipe (repeatable)")
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
+    r.add_argument("--threads", type=int, help="PyTorch CPU threads (default: $AGENTLAB_THREADS, else PyTorch's choice)")
 
     sub.add_parser("list", help="list recipes, registered components and benchmarks")
 
@@ -50,6 +51,7 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--json", dest="json_path", help="write the result JSON here (default: runs/bench/<name>[-quick].json)")
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--data-root", help="where data sets live")
+    b.add_argument("--threads", type=int, help="PyTorch CPU threads (default: $AGENTLAB_THREADS, else PyTorch's choice)")
 
     from agentlab.fewshot import add_parser as add_fewshot
 
@@ -171,12 +173,32 @@ def _fmt(v: object) -> str:
     return str(v)
 
 
+def set_threads(n: int | None) -> None:
+    """CPU threads for PyTorch. On a busy 2-core machine its default of one thread per core
+    can spin-wait against other processes; small models run fastest with 1 thread."""
+    import os
+
+    if n is None and os.environ.get("AGENTLAB_THREADS"):
+        try:
+            n = int(os.environ["AGENTLAB_THREADS"])
+        except ValueError:
+            raise UserError(f"AGENTLAB_THREADS={os.environ['AGENTLAB_THREADS']!r} is not an integer") from None
+    if n is None:
+        return
+    if n < 1:
+        raise UserError(f"--threads={n} is not allowed: threads must be an integer >= 1")
+    import torch
+
+    torch.set_num_threads(n)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     from agentlab.fewshot import cmd_fewshot
 
     commands = {"run": cmd_run, "list": cmd_list, "report": cmd_report, "bench": cmd_bench, "fewshot": cmd_fewshot}
     try:
+        set_threads(getattr(args, "threads", None))
         return commands[args.command](args)
     except UserError as e:
         print(f"agentlab: error: {e}", file=sys.stderr)

@@ -11,6 +11,9 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 
+# Command-line subprocesses in tests use one PyTorch thread: the models are small and CI machines have 2 cores.
+os.environ.setdefault("AGENTLAB_THREADS", "1")
+
 
 def _shared_data() -> Path | None:
     for cand in (os.environ.get("AGENTLAB_SHARED_DATA"), REPO.parent / "shared" / "data"):
