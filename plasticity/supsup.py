@@ -123,8 +123,14 @@ class SupSup(PlasticityModule):
             name = self.cfg.hopfield_layer or min(linear, key=lambda n: linear[n].weight.numel(), default="")
             if name not in linear:
                 raise ValueError(f"supsup.hopfield_layer={name!r} is not a wrapped Linear layer; wrapped: {list(linear)}")
+            d = linear[name].weight.numel()
+            if 4 * d * d > 256 * 2**20:  # the store is a dense d x d float32 matrix
+                raise ValueError(
+                    f"supsup.hopfield: a Hopfield store over layer {name!r} would hold a {d}x{d} matrix "
+                    f"({4 * d * d / 2**30:.1f} GiB); name a smaller layer in hopfield_layer or set hopfield = false"
+                )
             self._hop_name = name
-            self.store = HopfieldMaskStore(linear[name].weight.numel())
+            self.store = HopfieldMaskStore(d)
 
     def _wrappers(self) -> list[SupermaskLayer | TaskBatchNorm]:
         return [*self._layers.values(), *self._norms.values()]
