@@ -27,7 +27,7 @@ from typing import Any, Iterator, Sequence
 import torch
 from torch import Tensor, nn
 
-from agentlab.protocols import MemoryModule, PlasticityModule, tensor_bytes
+from agentlab.protocols import MemoryModule, PlasticityModule
 
 
 def restrict_to_classes(logits: Tensor, classes: Sequence[int] | None) -> Tensor:
@@ -67,13 +67,14 @@ class Agent(nn.Module):
         self.learner = learner
         for p in self.plasticity:
             p.attach(self.backbone)
+        # Found once: memories() is called on every training step (after_step, loss_terms).
+        self._memories = [m for m in self.backbone.modules() if isinstance(m, MemoryModule)] + list(self.extra_memory)
         self.current_task: int | None = None
 
     # ------------------------------------------------------------------ structure
     def memories(self) -> list[MemoryModule]:
         """Every memory module: those inside the backbone, then those passed in."""
-        inside = [m for m in self.backbone.modules() if isinstance(m, MemoryModule)]
-        return inside + list(self.extra_memory)
+        return list(self._memories)
 
     def trainable_parameters(self) -> Iterator[nn.Parameter]:
         """Parameters the optimizer should update now (plasticity modules freeze what they protect)."""
@@ -124,9 +125,7 @@ class Agent(nn.Module):
     def observe_inference(self, true_task: int, guess: Tensor) -> None:
         """Tell the plasticity modules the true task of examples whose task was inferred (evaluation only)."""
         for p in self.plasticity:
-            hook = getattr(p, "observe_inference", None)
-            if hook is not None:
-                hook(true_task, guess)
+            p.observe_inference(true_task, guess)
 
     def predict(self, x: Tensor, task_id: int | None = None) -> tuple[Tensor, Tensor | None]:
         """Outputs for `x`; without a task label, tasks are inferred where a module can.
@@ -177,14 +176,9 @@ class Agent(nn.Module):
         return out
 
     def histograms(self) -> dict[str, Tensor]:
-        """Value sets for TensorBoard histograms from modules that define `histograms()` (e.g. DNC slot usage)."""
+        """Value sets for TensorBoard histograms (weight magnitudes, DNC slot usage...)."""
         out: dict[str, Tensor] = {}
         for kind, mods in (("plasticity", self.plasticity), ("memory", self.memories())):
             for m in mods:
-                hist = getattr(m, "histograms", None)
-                if hist is not None:
-                    out.update({f"{kind}/{m.name}/{k}": v for k, v in hist().items()})
+                out.update({f"{kind}/{m.name}/{k}": v for k, v in m.histograms().items()})
         return out
-
-    def backbone_bytes(self) -> int:
-        return tensor_bytes(self.backbone.parameters()) + tensor_bytes(self.backbone.buffers())

@@ -61,8 +61,7 @@ def evaluate_classification(agent: Any, task: Any, *, batch_size: int = 1000, de
         if guess is not None:
             inferred += y.shape[0]
             inferred_right += int((guess == task.id).sum())
-            if hasattr(agent, "observe_inference"):
-                agent.observe_inference(task.id, guess)
+            agent.observe_inference(task.id, guess)
     agent.train(was_training)
     extra = {"task_inference_acc": inferred_right / inferred} if inferred else {}
     return EvalResult(correct / max(total, 1), total, extra)

@@ -43,8 +43,8 @@ def ledger(agent: Any) -> dict[str, Any]:
     if learner is not None and hasattr(learner, "state_bytes"):
         modules[f"learner_{learner.name}"] = {"kind": "learner", "bytes": int(learner.state_bytes())}
     # Backbone bytes exclude what plasticity modules already account for (their parameters sit inside it).
-    # A module that wraps backbone layers without registering them may name them in `accounted_tensors()`.
-    owned = {id(t) for p in agent.plasticity for t in [*p.parameters(), *p.buffers(), *getattr(p, "accounted_tensors", list)()]}
+    # A module that wraps backbone layers without registering them names them in `accounted_tensors()`.
+    owned = {id(t) for p in agent.plasticity for t in [*p.parameters(), *p.buffers(), *p.accounted_tensors()]}
     backbone_tensors = [t for t in [*agent.backbone.parameters(), *agent.backbone.buffers()] if id(t) not in owned]
     backbone = tensor_bytes(backbone_tensors)
     params = sum(p.numel() for p in agent.parameters())

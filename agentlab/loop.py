@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from agentlab import metrics as M
-from agentlab.checkpoint import atomic_write_text, load_latest, save_checkpoint
+from agentlab.checkpoint import load_latest, save_checkpoint
 from agentlab.config import check
 from agentlab.context import FitContext, NonFiniteLoss, StopRequested
 from agentlab.evaluate import evaluate
@@ -215,7 +215,8 @@ def run(
                 if inf_total:
                     inference[f"{i:03d}"] = inf_right / inf_total
 
-                figures = M.summarize(_final_filled(R, i), b, i + 1)
+                # With eval_seen="final" the entries not measured stay NaN and the metrics skip them.
+                figures = M.summarize(R[: i + 1, : i + 1], b, i + 1)
                 history.append({"task": i, **figures})
                 entry = ledger(agent)
                 ledgers.append(entry)
@@ -267,11 +268,6 @@ def run(
     return result
 
 
-def _final_filled(R: np.ndarray, i: int) -> np.ndarray:
-    """R up to row i; with eval_seen="final" the missing entries stay NaN and metrics skip them."""
-    return R[: i + 1, : i + 1]
-
-
 def _log_task(logger: Any, agent: Any, R: np.ndarray, b: np.ndarray, figures: dict, entry: dict, i: int, inf: float | None) -> None:
     from agentlab.tblog import heatmap_image
 
@@ -291,7 +287,7 @@ def _log_task(logger: Any, agent: Any, R: np.ndarray, b: np.ndarray, figures: di
     logger.scalars(agent.scalars(), step)
     for tag, img in agent.images().items():
         logger.image(tag, img, step)
-    for tag, values in getattr(agent, "histograms", dict)().items():
+    for tag, values in agent.histograms().items():
         logger.histogram(tag, values, step)
     n = R.shape[1]
     if n <= 64:

@@ -11,6 +11,7 @@ same code on real data with a smaller budget, under 2 minutes on 2 cores).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
 from agentlab.registry import BuildEnv, register
@@ -36,6 +37,27 @@ class BenchResult:
     rows: list[dict[str, Any]] = field(default_factory=list)
     goals: dict[str, str] = field(default_factory=dict)
     notes: str = ""
+
+
+def goal(ok: bool, got: str) -> str:
+    """A goal's verdict for `BenchResult.goals`: "met", or "NOT met (<the figure reached>)"."""
+    return "met" if ok else f"NOT met ({got})"
+
+
+def n_params(module: Any) -> int:
+    """Parameters of a module, as benchmarks report them."""
+    return sum(p.numel() for p in module.parameters())
+
+
+def bench_data_root(args: BenchArgs, env: BuildEnv) -> Path:
+    """The data root of a benchmark: `args.data_root`, else the env's, else the default rule."""
+    if args.data_root:
+        return Path(args.data_root)
+    if env.data_root is not None:
+        return Path(env.data_root)
+    from agentlab.runner import default_data_root
+
+    return default_data_root()
 
 
 def register_bench(name: str) -> Callable[[Callable[[BenchArgs, BuildEnv], BenchResult]], Any]:

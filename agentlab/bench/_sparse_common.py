@@ -16,7 +16,6 @@ import torch
 from agentlab.context import FitContext
 from agentlab.data import Split
 from agentlab.evaluate import evaluate
-from agentlab.registry import BuildEnv
 from agentlab.task import Task
 
 
@@ -24,12 +23,6 @@ def one_thread() -> None:
     """Use one intra-op thread: on a loaded 2-core machine two OpenMP threads spin against each other
     (measured here: LeNet 300-100 steps took 15x the CPU time and 11x the wall time with 2 threads)."""
     torch.set_num_threads(1)
-
-
-def data_root(args: Any, env: BuildEnv) -> Path:
-    from agentlab.runner import default_data_root
-
-    return Path(args.data_root) if args.data_root else (env.data_root or default_data_root())
 
 
 def first(split: Split, n: int, seed: int = 0) -> Split:
@@ -79,5 +72,3 @@ def fresh_tb_dir(bench: str, quick: bool) -> Path:
     return d
 
 
-def goal(ok: bool, got: str) -> str:
-    return "met" if ok else f"NOT met ({got})"

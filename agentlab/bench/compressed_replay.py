@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from agentlab.bench import BenchArgs, BenchResult, register_bench
+from agentlab.bench import BenchArgs, BenchResult, bench_data_root, register_bench
 from agentlab.registry import BuildEnv
 
 HEADLINE = 50_000
@@ -47,7 +47,7 @@ def run_arm(stream, codec: str, budget: int, epochs: int, seed: int, tokenizer_s
 @register_bench("compressed-replay")
 def bench_compressed_replay(args: BenchArgs, env: BuildEnv) -> BenchResult:
     """Token replay vs raw replay at equal byte budgets on class-incremental Split MNIST."""
-    root = Path(args.data_root or env.data_root)
+    root = bench_data_root(args, env)
     if args.quick:
         stream, budgets, epochs, tok_steps = split_mnist_stream(root, 2000), [10_000, HEADLINE], 1, 300
     else:

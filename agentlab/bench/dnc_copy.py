@@ -18,17 +18,13 @@ from typing import Any
 import torch
 
 from agentlab.agent import Agent
-from agentlab.bench import BenchArgs, BenchResult, register_bench
+from agentlab.bench import BenchArgs, BenchResult, n_params, register_bench
 from agentlab.context import FitContext
 from agentlab.learners.sequence import SequenceConfig, SequenceLearner
 from agentlab.registry import BuildEnv
 from agentlab.seeding import seed_everything
 
 DNC_SIZE = dict(memory_size=64, word_size=32, num_reads=4, num_writes=1, hidden_size=128)
-
-
-def n_params(m: torch.nn.Module) -> int:
-    return sum(p.numel() for p in m.parameters())
 
 
 def matched_lstm_width(target: int, i: int, o: int) -> int:

@@ -18,9 +18,8 @@ from __future__ import annotations
 
 import time
 from contextlib import nullcontext
-from pathlib import Path
 
-from agentlab.bench import BenchArgs, BenchResult, register_bench
+from agentlab.bench import BenchArgs, BenchResult, bench_data_root, register_bench
 from agentlab.registry import BuildEnv
 
 FULL = {"episodes": 20000, "train_ways": 20, "time_budget_s": 1780.0, "lr_halve_every": 1000, "test": 1000, "test_20": 1000}
@@ -43,7 +42,7 @@ def bench_fewshot_omniglot(args: BenchArgs, env: BuildEnv) -> BenchResult:
         f"learner.time_budget_s={b['time_budget_s']}", f"learner.lr_halve_every={b['lr_halve_every']}",
     ]
     resolved = recipes.resolve(name, recipes.apply_overrides(table, overrides))
-    root = Path(args.data_root) if args.data_root else env.data_root
+    root = bench_data_root(args, env)
     _, task, build_env = prepare(resolved, root)
     agent, train_s, done = train_agent(resolved, next(iter(resolved.agents)), build_env, task)
     five = task.eval

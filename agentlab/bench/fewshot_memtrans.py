@@ -9,11 +9,10 @@ budget on this shared 2-core machine; the figures say how many episodes it reach
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import torch
 
-from agentlab.bench import BenchArgs, BenchResult, register_bench
+from agentlab.bench import BenchArgs, BenchResult, bench_data_root, register_bench
 from agentlab.registry import BuildEnv
 
 
@@ -30,7 +29,7 @@ def bench_fewshot_memtrans(args: BenchArgs, env: BuildEnv) -> BenchResult:
     from scenarios.omniglot import omniglot_split
 
     torch.manual_seed(args.seed)
-    root = Path(args.data_root or env.data_root)
+    root = bench_data_root(args, env)
     split = omniglot_split(root, "standard")
     train_pool = ClassPool(split.train_x, split.train_y, rotations=(0, 1, 2, 3))
     test_pool = ClassPool(split.test_x, split.test_y)

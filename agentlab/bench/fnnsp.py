@@ -11,8 +11,8 @@ import time
 
 import numpy as np
 
-from agentlab.bench import BenchArgs, BenchResult, register_bench
-from agentlab.bench.supsup import _goal, run_recipe_table
+from agentlab.bench import BenchArgs, BenchResult, goal, register_bench
+from agentlab.bench.supsup import run_recipe_table
 from agentlab.registry import BuildEnv
 
 
@@ -30,8 +30,8 @@ def bench_fnnsp(args: BenchArgs, env: BuildEnv) -> BenchResult:
     rows = [{"agent": k, "avg_acc": v.metrics["avg_acc"], "bwt": v.metrics["bwt"], "train_s": v.timings["train_s"]}
             for k, (v, _) in runs.items()]
     goals = {
-        "avg_acc >= 95%": _goal(metrics["avg_acc"] >= 0.95, f"{100 * metrics['avg_acc']:.2f}%"),
-        "bwt >= -0.5 points": _goal(metrics["bwt"] >= -0.005, f"{100 * metrics['bwt']:+.2f} points"),
+        "avg_acc >= 95%": goal(metrics["avg_acc"] >= 0.95, f"{100 * metrics['avg_acc']:.2f}%"),
+        "bwt >= -0.5 points": goal(metrics["bwt"] >= -0.005, f"{100 * metrics['bwt']:+.2f} points"),
     }
     per_task = ", ".join(f"{t}: {100 * f:.1f}%" for t, f in sorted(fracs.items()))
     return BenchResult(metrics, rows, goals, f"wall {wall:.0f} s; weights updated per task: {per_task}")

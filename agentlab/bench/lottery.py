@@ -19,8 +19,8 @@ from __future__ import annotations
 
 from agentlab.agent import Agent
 from agentlab.backbones.mlp import MLP
-from agentlab.bench import BenchArgs, BenchResult, register_bench
-from agentlab.bench._sparse_common import fresh_tb_dir, one_thread, data_root, goal, say, tb_dir, vision_task
+from agentlab.bench import BenchArgs, BenchResult, bench_data_root, goal, register_bench
+from agentlab.bench._sparse_common import fresh_tb_dir, one_thread, say, tb_dir, vision_task
 from agentlab.registry import BuildEnv
 from plasticity.lottery import Lottery, LotteryConfig
 from plasticity.lottery_imp import IMPConfig, curve_image, run_imp
@@ -41,7 +41,7 @@ def bench_lottery(args: BenchArgs, env: BuildEnv) -> BenchResult:
     one_thread()
     fresh_tb_dir("lottery", args.quick)
     p = QUICK if args.quick else FULL
-    task = vision_task("mnist", data_root(args, env), train_n=p["train_n"], test_n=p["test_n"])
+    task = vision_task("mnist", bench_data_root(args, env), train_n=p["train_n"], test_n=p["test_n"])
     torch.manual_seed(args.seed)
     lot = Lottery(LotteryConfig(scope="global", prune_fraction=p["prune"], output_fraction=p["prune_out"]), seed=args.seed)
     agent = Agent(MLP(784, [300, 100], 10), plasticity=[lot], label="lenet300-100")

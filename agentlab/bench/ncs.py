@@ -10,14 +10,13 @@ raw pixels that NCS uses as its reference (two 3x3 convolutions, max-pool, a
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from agentlab.bench import BenchArgs, BenchResult, register_bench
+from agentlab.bench import BenchArgs, BenchResult, bench_data_root, n_params, register_bench
 from agentlab.registry import BuildEnv
 
 
@@ -68,10 +67,6 @@ def accuracy(model: nn.Module, x: Tensor, y: Tensor) -> float:
     return float(sum((model(x[i : i + 1000]).argmax(-1) == y[i : i + 1000]).sum() for i in range(0, len(x), 1000)) / len(x))
 
 
-def n_params(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
 @register_bench("ncs")
 def bench_ncs(args: BenchArgs, env: BuildEnv) -> BenchResult:
     """VQ-VAE compression of MNIST and classification on its tokens (NCS)."""
@@ -80,7 +75,7 @@ def bench_ncs(args: BenchArgs, env: BuildEnv) -> BenchResult:
 
     torch.manual_seed(args.seed)
     g = torch.Generator().manual_seed(args.seed)
-    root = Path(args.data_root or env.data_root)
+    root = bench_data_root(args, env)
     x, y = load_tensors("mnist", root, train=True)
     x = x.float() / 255
     xt, yt = load_tensors("mnist", root, train=False)

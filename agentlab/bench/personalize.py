@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from agentlab.agent import Agent
-from agentlab.bench import BenchArgs, BenchResult, register_bench
+from agentlab.bench import BenchArgs, BenchResult, goal, register_bench
 from agentlab.context import FitContext
 from agentlab.evaluate import evaluate
 from agentlab.loop import LoopConfig, run
@@ -221,11 +221,11 @@ def _bench(args: BenchArgs) -> BenchResult:
         "error_auc": by["lora"]["error_auc"],
     }
     goals = {
-        "LoRA gains >= 5 points over the population model": _goal(lora_gain >= 5, f"{lora_gain:.2f} points"),
-        "NOLA or PRANC keep >= 90% of LoRA's gain at <= 1 KB per person": _goal(
+        "LoRA gains >= 5 points over the population model": goal(lora_gain >= 5, f"{lora_gain:.2f} points"),
+        "NOLA or PRANC keep >= 90% of LoRA's gain at <= 1 KB per person": goal(
             ratio >= 0.9 and by[compact]["bytes_per_person"] <= KB, f"{compact}: {ratio:.2f} at {by[compact]['bytes_per_person']:.0f} B"),
-        "fingerprint top-1 >= 90% among the new people": _goal(metrics["fingerprint_top1"] >= 0.9, f"{metrics['fingerprint_top1']:.3f}"),
-        "personalizing one person < 5 s on CPU": _goal(metrics["personalize_s"] < 5, f"{metrics['personalize_s']:.2f} s"),
+        "fingerprint top-1 >= 90% among the new people": goal(metrics["fingerprint_top1"] >= 0.9, f"{metrics['fingerprint_top1']:.3f}"),
+        "personalizing one person < 5 s on CPU": goal(metrics["personalize_s"] < 5, f"{metrics['personalize_s']:.2f} s"),
     }
     notes = (f"{size['n_population']} population people, {len(people)} new people; simulate {sim_s:.1f} s, "
              f"pre-train {pre_s:.1f} s; compact adapter = {compact}; trait_r_* = Pearson r across new people "
@@ -241,5 +241,3 @@ def _log(msg: str) -> None:
     print(f"[personalize {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
-def _goal(ok: bool, figure: str) -> str:
-    return "met" if ok else f"NOT met ({figure})"

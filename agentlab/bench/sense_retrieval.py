@@ -11,11 +11,10 @@ top-1 over a store of 10^5 episodes.
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import torch
 
-from agentlab.bench import BenchArgs, BenchResult, register_bench
+from agentlab.bench import BenchArgs, BenchResult, bench_data_root, register_bench
 from agentlab.registry import BuildEnv
 
 
@@ -30,7 +29,7 @@ def bench_sense_retrieval(args: BenchArgs, env: BuildEnv) -> BenchResult:
     from scenarios.fsdd import load_fsdd
 
     torch.manual_seed(args.seed)
-    root = Path(args.data_root or env.data_root)
+    root = bench_data_root(args, env)
     x, y = load_tensors("mnist", root, train=True)
     x = x.float() / 255
     xt, yt = load_tensors("mnist", root, train=False)

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from agentlab.agent import Agent
 from agentlab.backbones.mlp import MLP
-from agentlab.bench import BenchArgs, BenchResult, register_bench
-from agentlab.bench._sparse_common import fresh_tb_dir, one_thread, data_root, fit_one_task, goal, say, tb_dir, vision_task
+from agentlab.bench import BenchArgs, BenchResult, bench_data_root, goal, register_bench
+from agentlab.bench._sparse_common import fresh_tb_dir, one_thread, fit_one_task, say, tb_dir, vision_task
 from agentlab.learners.finetune import FineTune
 from agentlab.learners.sgd import SGDConfig
 from agentlab.registry import BuildEnv
@@ -60,7 +60,7 @@ def bench_set_mnist(args: BenchArgs, env: BuildEnv) -> BenchResult:
     one_thread()
     fresh_tb_dir("set-mnist", args.quick)
     p = QUICK if args.quick else FULL
-    root = data_root(args, env)
+    root = bench_data_root(args, env)
     rows, m = [], {}
     for dataset in ("mnist", "fashion"):
         task = vision_task(dataset, root, train_n=p["train_n"], test_n=p["test_n"])

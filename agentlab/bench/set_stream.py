@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from agentlab.agent import Agent
 from agentlab.backbones.mlp import MLP
-from agentlab.bench import BenchArgs, BenchResult, register_bench
-from agentlab.bench._sparse_common import fresh_tb_dir, one_thread, data_root, goal, say, tb_dir
+from agentlab.bench import BenchArgs, BenchResult, bench_data_root, goal, register_bench
+from agentlab.bench._sparse_common import fresh_tb_dir, one_thread, say, tb_dir
 from agentlab.learners.finetune import FineTune
 from agentlab.learners.sgd import SGDConfig
 from agentlab.registry import BuildEnv, build
@@ -40,7 +40,7 @@ def run_stream(name: str, p: dict, args: BenchArgs, env: BuildEnv) -> dict:
     table = {"name": name, "scenario": "task", "max_per_task": p["max_per_task"], "max_eval_per_task": p["max_eval_per_task"]}
     if name == "permuted-mnist":
         table["n_tasks"] = 10
-    env = BuildEnv(seed=args.seed, data_root=data_root(args, env))
+    env = BuildEnv(seed=args.seed, data_root=bench_data_root(args, env))
     stream = build("stream", table, env)
     torch.manual_seed(args.seed)
     # Permuted MNIST: every task uses all 10 output rows, so each task may take at most 1/10 of the output layer.

@@ -13,13 +13,11 @@ from __future__ import annotations
 import dataclasses
 import os
 import resource
-import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
 from agentlab import recipe as recipes
-from agentlab.bench import BenchArgs, BenchResult, register_bench
+from agentlab.bench import BenchArgs, BenchResult, bench_data_root, goal, register_bench
 from agentlab.registry import BuildEnv
 
 # van de Ven & Tolias 2019, Split MNIST class-IL (REFERENCES.md): what the baselines reach.
@@ -43,11 +41,8 @@ def run_recipe_table(name: str, overrides: list[str], args: BenchArgs) -> dict[s
     rname, table = recipes.read_recipe(name)
     resolved = recipes.resolve(rname, recipes.apply_overrides(table, [f"seed={args.seed}", *overrides]))
     recipes.check_components(resolved)
-    env = BuildEnv(seed=resolved.seed, data_root=Path(args.data_root) if args.data_root else None)
-    if env.data_root is None:
-        from agentlab.runner import default_data_root
-
-        env.data_root = default_data_root()
+    env = BuildEnv(seed=resolved.seed)
+    env.data_root = bench_data_root(args, env)
     seed_everything(resolved.seed)
     stream = recipes.build_stream(resolved, env)
     env.stream = stream
@@ -58,10 +53,6 @@ def run_recipe_table(name: str, overrides: list[str], args: BenchArgs) -> dict[s
         cfg = dataclasses.replace(resolved.loop, checkpoint=False)
         out[label] = (run(agent, stream, generator=generator, cfg=cfg), agent)
     return out
-
-
-def _goal(ok: bool, text: str) -> str:
-    return "met" if ok else f"NOT met ({text})"
 
 
 @register_bench("supsup-pmnist")
@@ -94,9 +85,9 @@ def bench_supsup_pmnist(args: BenchArgs, env: BuildEnv) -> BenchResult:
     target, inf_target = (0.92, 0.99) if args.quick else (0.95, 0.99)
     goals = {
         f"avg_acc >= {100 * target:.1f}% after {n if args.quick else full_tasks} tasks":
-            _goal(len(r.history) == (n if args.quick else full_tasks) and metrics["avg_acc"] >= target,
+            goal(len(r.history) == (n if args.quick else full_tasks) and metrics["avg_acc"] >= target,
                   f"{100 * metrics['avg_acc']:.2f}% after {len(r.history)} tasks"),
-        "task inference >= 99%": _goal(metrics["task_inference_acc"] >= inf_target, f"{100 * metrics['task_inference_acc']:.2f}%"),
+        "task inference >= 99%": goal(metrics["task_inference_acc"] >= inf_target, f"{100 * metrics['task_inference_acc']:.2f}%"),
     }
     sup = agent.plasticity[0]
     if sup.store is not None:
@@ -122,7 +113,7 @@ def bench_supsup_split(args: BenchArgs, env: BuildEnv) -> BenchResult:
     metrics["avg_acc"] = results[best].metrics["avg_acc"]
     for label, v in SPLIT_CLASS_IL_REFERENCE.items():
         rows.append({"agent": f"{label} (van de Ven & Tolias 2019, published)", "avg_acc": v / 100})
-    goals = {"beats fine-tuning, EWC and SI class-IL (about 20%)": _goal(metrics["avg_acc"] > 0.2001, f"{100 * metrics['avg_acc']:.1f}%")}
+    goals = {"beats fine-tuning, EWC and SI class-IL (about 20%)": goal(metrics["avg_acc"] > 0.2001, f"{100 * metrics['avg_acc']:.1f}%")}
     return BenchResult(metrics, rows, goals, f"best SupSup agent: {best}; wall {wall:.0f} s")
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from agentlab.config import check
 from agentlab.data import concat_splits
 from agentlab.learners.finetune import require_classification, train_split
 from agentlab.learners.sgd import SGDConfig

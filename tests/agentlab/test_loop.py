@@ -1,7 +1,6 @@
 """The loop: accuracy matrix shape, resume after a kill gives the identical matrix, NaN stops cleanly."""
 
 import json
-import math
 
 import numpy as np
 import pytest

@@ -9,7 +9,7 @@ import torch
 from memory.dnc.access import erase_and_add, mix_read_modes, read_words
 from memory.dnc.allocation import allocation_weights, exclusive_cumprod, write_allocation_weights
 from memory.dnc.content import content_weights, cosine_similarity
-from memory.dnc.linkage import LinkageState, directional_weights, initial_linkage, update_linkage
+from memory.dnc.linkage import directional_weights, initial_linkage, update_linkage
 from memory.dnc.usage import update_usage
 
 

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import torch
 
+from agentlab.checkpoint import load_checkpoint_dir, save_checkpoint
 from agentlab.registry import BuildEnv, build
 from memory.dnc import DNC, DNCState
+from memory.dnc.access import AccessState
+from memory.dnc.controller import ControllerState
+from memory.dnc.linkage import LinkageState
 
 
 def small(**kw):
@@ -28,7 +32,7 @@ def test_unroll_shapes_and_state_shapes():
     assert torch.all(torch.diagonal(s.access.linkage.link, dim1=-2, dim2=-1) == 0)
 
 
-def test_step_by_step_equals_unroll_and_state_round_trip():
+def test_step_by_step_equals_unroll_and_state_round_trip(tmp_path):
     m = small().eval()
     x = torch.randn(2, 5, 6)
     y_all, s_all = m(x, m.initial_state(2))
@@ -42,10 +46,10 @@ def test_step_by_step_equals_unroll_and_state_round_trip():
     y1, s1 = m(x[:, :3], m.initial_state(2))
     y2, _ = m(x[:, 3:], s1)
     assert torch.allclose(torch.cat([y1, y2], 1), y_all, atol=1e-6)
-    # the state is plain tensors: it survives a save/load round trip
-    flat = torch.save(s_all, "/tmp/_dnc_state.pt")  # noqa: F841
-    back = torch.load("/tmp/_dnc_state.pt", weights_only=False)
-    assert isinstance(back, DNCState)
+    # the state is plain tensors: it survives our pickle-free checkpoint format (safetensors + JSON)
+    save_checkpoint(tmp_path, 0, {"state": s_all})
+    a, c, r = load_checkpoint_dir(tmp_path / "ckpt_0000")["state"]
+    back = DNCState(AccessState(*a[:3], LinkageState(*a[3]), a[4]), ControllerState(*c), r)
     y_next, _ = m(x[:, :1], back)
     y_ref, _ = m(x[:, :1], s_all)
     assert torch.allclose(y_next, y_ref)

@@ -114,7 +114,7 @@ def test_adding_person_b_leaves_a_bit_identical_and_forgetting_removes_a(kind) -
     assert set(bytes_before) == {1, 2}
     mod.forget(1)
     assert mod.people() == [2] and set(mod.state_bytes()) == {2}
-    assert not any(k.startswith(f"plasticity.0.tasks.1.") for k in agent.state_dict())
+    assert not any(k.startswith("plasticity.0.tasks.1.") for k in agent.state_dict())
     with torch.no_grad():
         assert same(outputs(agent, a.eval.x, a.id), tuple(base(a.eval.x)))  # A is gone: the population model answers
     assert same(outputs(agent, b.eval.x, b.id), out_b)

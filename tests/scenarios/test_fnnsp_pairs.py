@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
 from agentlab.config import ConfigError
 from agentlab.registry import BuildEnv, build
