@@ -50,6 +50,10 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--quick", action="store_true", help="small budget, same code, real data (under 2 minutes)")
     b.add_argument("--json", dest="json_path", help="write the result JSON here (default: runs/bench/<name>[-quick].json)")
     b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--only", action="append", default=[], metavar="PART[,PART]",
+                   help="run only these parts of a long benchmark (e.g. permuted/ewc); spread one benchmark over processes")
+    b.add_argument("--resume", action="store_true",
+                   help="reuse the parts an earlier or killed invocation completed with the same settings")
     b.add_argument("--data-root", help="where data sets live")
     b.add_argument("--threads", type=int, help="PyTorch CPU threads (default: $AGENTLAB_THREADS, else PyTorch's choice)")
 
@@ -139,8 +143,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from agentlab.summary import jsonable, package_versions
 
     entry = registry.get("bench", args.name)
+    only = tuple(p.strip() for arg in args.only for p in arg.split(",") if p.strip())
+    if (only or args.resume) and not getattr(entry.factory, "supports_parts", False):
+        raise UserError(f"benchmark {args.name!r} has no parts: drop --only / --resume (they work with: baselines)")
     root = default_data_root(args.data_root)
-    bargs = BenchArgs(quick=args.quick, seed=args.seed, data_root=str(root))
+    bargs = BenchArgs(quick=args.quick, seed=args.seed, data_root=str(root), only=only, resume=args.resume)
     env = registry.BuildEnv(seed=args.seed, data_root=root)
     t0 = time.perf_counter()
     result = entry.factory(bargs, env)
@@ -148,7 +155,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
     mode = "quick" if args.quick else "full"
     body = {"bench": args.name, "mode": mode, "metrics": result.metrics, "rows": result.rows, "goals": result.goals,
             "notes": result.notes, "wall_s": wall, "seed": args.seed, "versions": package_versions()}
-    path = Path(args.json_path) if args.json_path else Path("runs") / "bench" / f"{args.name}{'-quick' if args.quick else ''}.json"
+    stem = f"{args.name}{'-quick' if args.quick else ''}"
+    if only:  # a partial result never overwrites the whole benchmark's JSON
+        stem += "-only-" + "+".join(p.replace("/", "-") for p in only)
+    body["only"] = list(only)
+    path = Path(args.json_path) if args.json_path else Path("runs") / "bench" / f"{stem}.json"
     atomic_write_text(path, json.dumps(jsonable(body), indent=2))
     print(f"bench {args.name} ({mode}) in {wall:.1f} s")
     if result.rows:

@@ -27,6 +27,10 @@ class BenchArgs:
     """random seed"""
     data_root: str = ""
     """where data sets live ('' = the default data root)"""
+    only: tuple[str, ...] = ()
+    """run only these parts (benchmark-specific names, e.g. `permuted/ewc`); empty = all parts"""
+    resume: bool = False
+    """reuse parts a killed or earlier `--only` invocation completed with the same settings"""
 
 
 @dataclass
@@ -60,5 +64,11 @@ def bench_data_root(args: BenchArgs, env: BuildEnv) -> Path:
     return default_data_root()
 
 
-def register_bench(name: str) -> Callable[[Callable[[BenchArgs, BuildEnv], BenchResult]], Any]:
-    return register("bench", name, BenchArgs)
+def register_bench(name: str, parts: bool = False) -> Callable[[Callable[[BenchArgs, BuildEnv], BenchResult]], Any]:
+    """Register a benchmark; `parts=True` if it honours `BenchArgs.only` and `BenchArgs.resume`."""
+
+    def wrap(fn: Callable[[BenchArgs, BuildEnv], BenchResult]) -> Any:
+        fn.supports_parts = parts  # type: ignore[attr-defined]
+        return register("bench", name, BenchArgs)(fn)
+
+    return wrap

@@ -31,6 +31,7 @@ from typing import Any
 import torch
 
 from agentlab.bench import BenchArgs, BenchResult, register_bench
+from agentlab.checkpoint import atomic_write_text
 from agentlab.registry import BuildEnv
 
 METHODS = ("finetune", "ewc", "si", "lwf", "replay")
@@ -79,7 +80,36 @@ def scenario_table(scenario: str, quick: bool, seed: int) -> dict[str, Any]:
     return {"seed": seed, "stream": stream, "loop": {"eval_next": False, "checkpoint": False}, "agents": agents}
 
 
-@register_bench("baselines")
+SCENARIOS = ("split_task", "split_domain", "split_class", "permuted")
+
+
+def select_parts(only: tuple[str, ...]) -> dict[str, list[str]]:
+    """Which methods of which scenario to run: `only` holds `scenario` or `scenario/method` names (empty = all)."""
+    if not only:
+        return {s: list(METHODS) for s in SCENARIOS}
+    chosen: dict[str, list[str]] = {}
+    for part in only:
+        scenario, _, method = part.partition("/")
+        if scenario not in SCENARIOS or (method and method not in METHODS):
+            raise ValueError(
+                f"baselines has no part {part!r}: parts are a scenario {SCENARIOS} or scenario/method with a method of {METHODS}"
+            )
+        picked = chosen.setdefault(scenario, [])
+        picked.extend(m for m in ([method] if method else METHODS) if m not in picked)
+    return {s: chosen[s] for s in SCENARIOS if s in chosen}
+
+
+def _check_reusable(arm_dir: Path, table: dict[str, Any]) -> None:
+    """Refuse to reuse an arm that ran with other settings (a stale directory from an older version or mode)."""
+    summary = arm_dir / "summary.json"
+    if not summary.is_file():
+        return
+    saved = json.loads(summary.read_text()).get("config", {}).get("table")
+    if saved is not None and json.loads(json.dumps(saved)) != json.loads(json.dumps(table)):
+        raise ValueError(f"{arm_dir} was run with other settings; delete it or run without --resume")
+
+
+@register_bench("baselines", parts=True)
 def bench_baselines(args: BenchArgs, env: BuildEnv) -> BenchResult:
     """Fine-tuning, EWC, SI, LwF, replay on Split MNIST (3 scenarios) and Permuted MNIST-10 vs van de Ven & Tolias 2019."""
     from agentlab import recipe as recipes
@@ -89,10 +119,14 @@ def bench_baselines(args: BenchArgs, env: BuildEnv) -> BenchResult:
     out = Path("runs") / "bench" / ("baselines-quick" if args.quick else "baselines")
     metrics: dict[str, float] = {}
     rows: list[dict[str, Any]] = []
-    for scenario in ("split_task", "split_domain", "split_class", "permuted"):
+    for scenario, methods in select_parts(args.only).items():
         t0 = time.perf_counter()
-        resolved = recipes.resolve(f"baselines-{scenario}", scenario_table(scenario, args.quick, args.seed))
-        _, results = run_recipe(resolved, run_dir=out / scenario, data_root=env.data_root)
+        table = scenario_table(scenario, args.quick, args.seed)
+        resolved = recipes.resolve(f"baselines-{scenario}", table)
+        if args.resume:
+            for m in methods:
+                _check_reusable(out / scenario / m, table)
+        _, results = run_recipe(resolved, run_dir=out / scenario, data_root=env.data_root, resume=args.resume, only=methods)
         for method, r in results.items():
             acc = float(r.metrics["avg_acc"])
             metrics[f"{method}_{scenario}_acc"] = acc
@@ -102,10 +136,13 @@ def bench_baselines(args: BenchArgs, env: BuildEnv) -> BenchResult:
                 "gap_pts": 100 * acc - paper if paper is not None else "-", "train_s": r.timings["train_s"],
             })
         progress = {"mode": "quick" if args.quick else "full", "done": scenario, "seconds": time.perf_counter() - t0, "metrics": metrics}
-        (out / "progress.json").write_text(json.dumps(progress, indent=2))
+        atomic_write_text(out / "progress.json", json.dumps(progress, indent=2))
     goals = {}
     for (method, scenario), paper in PAPER.items():
         key = f"{method}_{scenario}_acc"
+        if key not in metrics:
+            goals[f"{key} within 3 points of {paper}"] = "not run in this invocation (--only)"
+            continue
         gap = 100 * metrics[key] - paper
         goals[f"{key} within 3 points of {paper}"] = "met" if abs(gap) <= 3 else f"NOT met ({100 * metrics[key]:.2f}, {gap:+.2f})"
     notes = (
