@@ -5,6 +5,11 @@
               control: same mask, fresh random values, train, evaluate     (optional, `control = true`)
               ticket:  rewind the survivors to their step-k values, train, evaluate
 
+Accuracy of a round: with `validation = N`, the last N training examples (of a fixed
+shuffle) are held out and the round reports test accuracy at the epoch of minimum
+validation loss, as Frankle & Carbin do ("early-stopping iteration", Section 2), plus
+that epoch and the last epoch's accuracy; with `validation = 0`, the last epoch's.
+
 The agent needs a `lottery` plasticity module. After `fit` the agent holds the
 last round's trained ticket; `rows` holds the whole curve (fraction remaining,
 ticket accuracy, control accuracy). TensorBoard: `plasticity/<name>/ticket_acc`
@@ -35,11 +40,14 @@ class IMPConfig(SGDConfig):
     """rewind survivors to their values after this many steps of the dense run (0 = the initialisation)"""
     control: bool = False
     """also train the random re-initialisation of every round's mask (doubles the cost)"""
+    validation: int = 0
+    """training examples held out for early stopping (0 = report the last epoch's test accuracy)"""
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check(self.rounds >= 0, "rounds", self.rounds, "an integer >= 0")
         check(self.rewind_step >= 0, "rewind_step", self.rewind_step, "an integer >= 0")
+        check(self.validation >= 0, "validation", self.validation, "an integer >= 0")
 
 
 def find_lottery(agent: Any) -> Lottery:
@@ -53,7 +61,10 @@ def run_imp(
     agent: Any, task: Any, cfg: IMPConfig, ctx: Any, *, seed: int = 0, on_row: Callable[[dict], None] | None = None
 ) -> list[dict[str, float]]:
     """The IMP loop of the module docstring; returns one row per round."""
+    import torch
+
     lottery = find_lottery(agent)
+    train, val = _hold_out(task.train, cfg.validation, seed)
     steps = 0
 
     def dense_step(batch: Any, optimizer: Any) -> dict[str, float]:
@@ -63,14 +74,28 @@ def run_imp(
         steps += 1
         return supervised_step(agent, batch, optimizer, cfg, task)
 
-    def acc() -> float:
-        return evaluate(agent, task, device=ctx.device).acc
+    def train_round(step_fn: Any = None) -> tuple[float, int, float]:
+        """Train one round; (test accuracy at the early-stopping epoch, that epoch, last epoch's test accuracy)."""
+        best = {"loss": float("inf"), "acc": float("nan"), "epoch": -1}
 
-    train_split(agent, task, task.train, cfg, ctx, step_fn=dense_step)
+        def on_epoch(epoch: int) -> None:
+            if val is None:
+                return
+            loss = _mean_loss(agent, val, task.id, torch)
+            if loss < best["loss"]:
+                best.update(loss=loss, acc=evaluate(agent, task, device=ctx.device).acc, epoch=epoch)
+
+        train_split(agent, task, train, cfg, ctx, step_fn=step_fn, on_epoch=on_epoch)
+        last = evaluate(agent, task, device=ctx.device).acc
+        if val is None:
+            return last, cfg.epochs - 1, last
+        return best["acc"], int(best["epoch"]), last
+
+    dense, dense_epoch, dense_last = train_round(dense_step)
     if lottery.rewind_state is None:  # rewind_step beyond the run: rewind to its end
         lottery.remember()
-    dense = acc()
-    rows = [{"round": 0, "remaining": lottery.remaining(), "ticket_acc": dense, "random_acc": dense}]
+    rows = [{"round": 0, "remaining": lottery.remaining(), "ticket_acc": dense, "random_acc": dense,
+             "ticket_epoch": dense_epoch, "ticket_last_acc": dense_last}]
     _log(ctx, lottery.name, rows[-1])
     if on_row:
         on_row(rows[-1])
@@ -79,16 +104,39 @@ def run_imp(
         row: dict[str, float] = {"round": r, "remaining": lottery.remaining()}
         if cfg.control:
             lottery.reinit(seed * 1000 + r)
-            train_split(agent, task, task.train, cfg, ctx)
-            row["random_acc"] = acc()
+            row["random_acc"], row["random_epoch"], row["random_last_acc"] = train_round()
         lottery.rewind()
-        train_split(agent, task, task.train, cfg, ctx)
-        row["ticket_acc"] = acc()
+        row["ticket_acc"], row["ticket_epoch"], row["ticket_last_acc"] = train_round()
         rows.append(row)
         _log(ctx, lottery.name, row)
         if on_row:
             on_row(row)
     return rows
+
+
+def _hold_out(split: Any, n: int, seed: int) -> tuple[Any, Any]:
+    """(training part, validation part) of `split`: the last `n` of a fixed shuffle held out (n = 0: no validation)."""
+    import torch
+
+    if n == 0:
+        return split, None
+    if n >= len(split):
+        raise ValueError(f"validation = {n} leaves no training examples (the split has {len(split)}); lower it")
+    order = torch.randperm(len(split), generator=torch.Generator().manual_seed(seed + 7919))
+    return split.subset(order[:-n]), split.subset(order[-n:])
+
+
+def _mean_loss(agent: Any, split: Any, task_id: int, torch: Any) -> float:
+    """Mean cross-entropy of the agent on `split` (the early-stopping criterion)."""
+    was_training = agent.training
+    agent.eval()
+    total = 0.0
+    with torch.no_grad():
+        for batch in split.batches(1000):
+            out, _ = agent.predict(batch.x, task_id)
+            total += float(torch.nn.functional.cross_entropy(out, batch.y, reduction="sum"))
+    agent.train(was_training)
+    return total / len(split)
 
 
 def _log(ctx: Any, name: str, row: dict[str, float]) -> None:

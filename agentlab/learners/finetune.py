@@ -19,9 +19,11 @@ def require_classification(task: Any, learner: str) -> None:
 
 
 def train_split(
-    agent: Any, task: Any, split: Split, cfg: Any, ctx: Any, *, step_fn: Any = None, classes_by_task: Any = None
+    agent: Any, task: Any, split: Split, cfg: Any, ctx: Any, *, step_fn: Any = None, classes_by_task: Any = None,
+    on_epoch: Any = None,
 ) -> None:
-    """Epochs of supervised steps over `split`; `step_fn(batch, optimizer)` may replace the plain step (replay)."""
+    """Epochs of supervised steps over `split`; `step_fn(batch, optimizer)` may replace the plain step (replay);
+    `on_epoch(epoch)` runs after each epoch (early stopping bookkeeping)."""
     optimizer = make_optimizer(agent.trainable_parameters(), cfg)
     steps = 0
     for epoch in range(cfg.epochs):
@@ -37,6 +39,8 @@ def train_split(
             if cfg.max_steps and steps >= cfg.max_steps:
                 break
         agent.after_epoch(epoch)
+        if on_epoch is not None:
+            on_epoch(epoch)
         if cfg.max_steps and steps >= cfg.max_steps:
             break
 

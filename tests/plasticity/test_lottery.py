@@ -122,3 +122,27 @@ def test_lottery_state_dict_loads_into_fresh_module():
     with torch.no_grad():
         assert torch.equal(agent2(x), agent(x))
     assert lot2.rounds == 1 and lot2.remaining() == lot.remaining()
+
+
+def test_early_stopping_reports_test_accuracy_at_the_minimum_validation_loss(monkeypatch):
+    import plasticity.lottery_imp as imp
+
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(260, 30, generator=g)
+    y = (x[:, 0] > 0).long() + 2 * (x[:, 1] > 0).long()
+    task = Task(id=0, name="toy", kind="classification", train=Split(x[:200], y[:200]), eval=Split(x[200:], y[200:]))
+    train, val = imp._hold_out(task.train, 50, seed=0)
+    assert (len(train), len(val)) == (150, 50)
+    # Validation losses scripted per epoch: the minimum is at epoch 1, so each round reports that epoch's test accuracy.
+    losses = iter([3.0, 1.0, 2.0] * 10)
+    monkeypatch.setattr(imp, "_mean_loss", lambda *a: next(losses))
+    accs = iter([0.1 * k for k in range(1, 40)])
+    monkeypatch.setattr(imp, "evaluate", lambda *a, **k: type("R", (), {"acc": next(accs)})())
+    agent, _ = _agent(LotteryConfig(prune_fraction=0.5, output_fraction=0.2))
+    cfg = IMPConfig(epochs=3, lr=0.01, batch_size=32, rounds=1, control=False, validation=50)
+    ctx = FitContext(generator=torch.Generator().manual_seed(0), task_index=0, n_tasks=1, log_scalar=lambda *a: None)
+    rows = imp.run_imp(agent, task, cfg, ctx)
+    # evaluate() is called at epoch 0 (new best), epoch 1 (new best), then once after the last epoch.
+    assert rows[0]["ticket_epoch"] == 1 and rows[1]["ticket_epoch"] == 1
+    assert abs(rows[0]["ticket_acc"] - 0.2) < 1e-9 and abs(rows[0]["ticket_last_acc"] - 0.3) < 1e-9
+    assert abs(rows[1]["ticket_acc"] - 0.5) < 1e-9 and abs(rows[1]["ticket_last_acc"] - 0.6) < 1e-9
