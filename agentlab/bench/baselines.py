@@ -24,6 +24,7 @@ fraction), scenarios `split_task`, `split_domain`, `split_class`, `permuted`.
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -59,7 +60,7 @@ def _learner(method: str, scenario: str, lr: float, steps: int) -> dict[str, Any
     extra = {
         "ewc": {"ewc_lambda": EWC_LAMBDA[scenario]},
         "si": {"si_lambda": SI_C[scenario], "si_eps": 0.1},
-        "lwf": {"lwf_alpha": 1.0, "lwf_temperature": 2.0},
+        "lwf": {"lwf_alpha": 1.0, "lwf_temperature": 2.0, "lwf_weighting": "vandeven"},
     }[method]
     return {"name": "avalanche", "strategy": method, **extra, **base}
 
@@ -99,14 +100,18 @@ def select_parts(only: tuple[str, ...]) -> dict[str, list[str]]:
     return {s: chosen[s] for s in SCENARIOS if s in chosen}
 
 
-def _check_reusable(arm_dir: Path, table: dict[str, Any]) -> None:
-    """Refuse to reuse an arm that ran with other settings (a stale directory from an older version or mode)."""
+def _arm_settings(table: dict[str, Any], method: str) -> Any:
+    """What decides one arm's result: its agent, the stream, the loop and the seed (JSON-normalised)."""
+    return json.loads(json.dumps({k: table.get(k) for k in ("seed", "stream", "loop")} | {"agent": table["agents"][method]}))
+
+
+def _reusable(arm_dir: Path, table: dict[str, Any], method: str) -> bool:
+    """Whether a completed arm ran with this arm's settings; a stale one (older settings or mode) is run again."""
     summary = arm_dir / "summary.json"
     if not summary.is_file():
-        return
+        return False
     saved = json.loads(summary.read_text()).get("config", {}).get("table")
-    if saved is not None and json.loads(json.dumps(saved)) != json.loads(json.dumps(table)):
-        raise ValueError(f"{arm_dir} was run with other settings; delete it or run without --resume")
+    return saved is not None and method in saved.get("agents", {}) and _arm_settings(saved, method) == _arm_settings(table, method)
 
 
 @register_bench("baselines", parts=True)
@@ -123,10 +128,19 @@ def bench_baselines(args: BenchArgs, env: BuildEnv) -> BenchResult:
         t0 = time.perf_counter()
         table = scenario_table(scenario, args.quick, args.seed)
         resolved = recipes.resolve(f"baselines-{scenario}", table)
-        if args.resume:
+        results = {}
+        if args.resume:  # completed arms with the same settings are read back; the rest run
+            stale = [m for m in methods if not _reusable(out / scenario / m, table, m)]
             for m in methods:
-                _check_reusable(out / scenario / m, table)
-        _, results = run_recipe(resolved, run_dir=out / scenario, data_root=env.data_root, resume=args.resume, only=methods)
+                if m in stale and (out / scenario / m).exists():
+                    shutil.rmtree(out / scenario / m)
+            reused = [m for m in methods if m not in stale]
+            if reused:
+                _, results = run_recipe(resolved, run_dir=out / scenario, data_root=env.data_root, resume=True, only=reused)
+            methods = stale
+        if methods:
+            _, fresh = run_recipe(resolved, run_dir=out / scenario, data_root=env.data_root, only=methods)
+            results.update(fresh)
         for method, r in results.items():
             acc = float(r.metrics["avg_acc"])
             metrics[f"{method}_{scenario}_acc"] = acc

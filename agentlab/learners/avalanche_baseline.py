@@ -51,6 +51,9 @@ class AvalancheConfig(SGDConfig):
     """LwF: weight of the distillation loss (Li & Hoiem 2017)"""
     lwf_temperature: float = 2.0
     """LwF: softmax temperature of the distillation"""
+    lwf_weighting: Literal["constant", "vandeven"] = "constant"
+    """LwF: `constant` adds lwf_alpha * distillation (Avalanche); `vandeven` weighs the current loss 1/t and the
+    T^2-scaled distillation 1 - 1/t on task t (van de Ven & Tolias 2019)"""
     mem_size: int = 200
     """Replay: examples in Avalanche's class-balanced-by-experience buffer"""
     patterns_per_exp: int = 256
@@ -70,13 +73,25 @@ class AvalancheConfig(SGDConfig):
         check(self.si_eps > 0, "si_eps", self.si_eps, "a number > 0")
         check(self.lwf_alpha >= 0, "lwf_alpha", self.lwf_alpha, "a number >= 0")
         check(self.lwf_temperature > 0, "lwf_temperature", self.lwf_temperature, "a number > 0")
+        check(self.lwf_weighting in ("constant", "vandeven"), "lwf_weighting", self.lwf_weighting, "'constant' or 'vandeven'")
         check(self.mem_size >= 1, "mem_size", self.mem_size, "an integer >= 1")
         check(self.patterns_per_exp >= 1, "patterns_per_exp", self.patterns_per_exp, "an integer >= 1")
         check(self.memory_strength >= 0, "memory_strength", self.memory_strength, "a number >= 0")
         check(self.sample_size >= 1, "sample_size", self.sample_size, "an integer >= 1")
 
 
-def method_plugins(cfg: AvalancheConfig) -> list[Any]:
+def lwf_alphas(cfg: AvalancheConfig, n_tasks: int) -> float | list[float]:
+    """The distillation weight Avalanche's LwF plugin gets: one number, or one per task.
+
+    van de Ven & Tolias (2019) train task t (1-based) on (1/t) CE + (1 - 1/t) T^2 KD. Multiplied by t that is
+    CE + (t - 1) T^2 KD, i.e. Avalanche's CE + alpha KD with alpha = (t - 1) T^2 on its experience t - 1. The
+    factor t changes only the loss scale within a task, which Adam (rebuilt per task here) does not see."""
+    if cfg.lwf_weighting == "constant":
+        return cfg.lwf_alpha
+    return [cfg.lwf_alpha * cfg.lwf_temperature**2 * e for e in range(max(n_tasks, 1))]
+
+
+def method_plugins(cfg: AvalancheConfig, n_tasks: int = 1) -> list[Any]:
     """Avalanche's plugin for `cfg.strategy` (Avalanche's strategy classes are the template plus these)."""
     from avalanche.training import plugins as P
 
@@ -84,7 +99,7 @@ def method_plugins(cfg: AvalancheConfig) -> list[Any]:
         "naive": lambda: [],
         "ewc": lambda: [P.EWCPlugin(cfg.ewc_lambda, mode=cfg.ewc_mode, decay_factor=cfg.ewc_decay if cfg.ewc_mode == "online" else None)],
         "si": lambda: [P.SynapticIntelligencePlugin(cfg.si_lambda, eps=cfg.si_eps)],
-        "lwf": lambda: [P.LwFPlugin(cfg.lwf_alpha, cfg.lwf_temperature)],
+        "lwf": lambda: [P.LwFPlugin(lwf_alphas(cfg, n_tasks), cfg.lwf_temperature)],
         "replay": lambda: [P.ReplayPlugin(mem_size=cfg.mem_size)],
         "gem": lambda: [P.GEMPlugin(cfg.patterns_per_exp, cfg.memory_strength)],
         "agem": lambda: [P.AGEMPlugin(cfg.patterns_per_exp, cfg.sample_size)],
@@ -129,7 +144,7 @@ class AvalancheBaseline:
         if self.evaluator is None:
             self.evaluator = default_evaluator(self.cfg.avalanche_eval)
         return AgentStrategy(
-            agent=agent, plugins=method_plugins(self.cfg), evaluator=self.evaluator, device=ctx.device,
+            agent=agent, plugins=method_plugins(self.cfg, ctx.n_tasks), evaluator=self.evaluator, device=ctx.device,
             task_incremental=bool(task.task_label_at_test), max_steps=self.cfg.max_steps,
         )
 

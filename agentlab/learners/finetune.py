@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from agentlab.data import Split
-from agentlab.learners.sgd import SGDConfig, make_optimizer, supervised_step
+from agentlab.learners.sgd import SGDConfig, make_optimizer, make_schedule, supervised_step
 from agentlab.registry import BuildEnv, register
 from agentlab.learners.base import StatelessLearner
 
@@ -25,6 +25,8 @@ def train_split(
     """Epochs of supervised steps over `split`; `step_fn(batch, optimizer)` may replace the plain step (replay);
     `on_epoch(epoch)` runs after each epoch (early stopping bookkeeping)."""
     optimizer = make_optimizer(agent.trainable_parameters(), cfg)
+    per_epoch = -(-len(split) // cfg.batch_size)
+    schedule = make_schedule(optimizer, cfg, cfg.epochs * per_epoch)
     steps = 0
     for epoch in range(cfg.epochs):
         for batch in split.batches(cfg.batch_size, shuffle=True, generator=ctx.generator, task_id=task.id):
@@ -35,6 +37,8 @@ def train_split(
                 losses = supervised_step(agent, batch, optimizer, cfg, task, classes_by_task)
             agent.after_step(ctx.global_step)
             ctx.step(losses, len(batch))
+            if schedule is not None:
+                schedule.step()
             steps += 1
             if cfg.max_steps and steps >= cfg.max_steps:
                 break

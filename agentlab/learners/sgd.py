@@ -34,6 +34,8 @@ class SGDConfig:
     """clip the global gradient norm to this value; 0 = off"""
     max_steps: int = 0
     """stop a task after this many steps; 0 = no limit (epochs decide)"""
+    lr_schedule: Literal["constant", "cosine"] = "constant"
+    """learning rate over a task: constant, or cosine-annealed from `lr` to 0 over the task's steps"""
 
     def __post_init__(self) -> None:
         check(self.epochs >= 1, "epochs", self.epochs, "an integer >= 1")
@@ -43,6 +45,7 @@ class SGDConfig:
         check(self.weight_decay >= 0, "weight_decay", self.weight_decay, "a number >= 0")
         check(self.grad_clip >= 0, "grad_clip", self.grad_clip, "a number >= 0")
         check(self.max_steps >= 0, "max_steps", self.max_steps, "an integer >= 0")
+        check(self.lr_schedule in ("constant", "cosine"), "lr_schedule", self.lr_schedule, "'constant' or 'cosine'")
 
 
 def make_optimizer(params: Iterable[torch.nn.Parameter], cfg: Any) -> torch.optim.Optimizer:
@@ -54,6 +57,14 @@ def make_optimizer(params: Iterable[torch.nn.Parameter], cfg: Any) -> torch.opti
     if cfg.optimizer == "rmsprop":
         return torch.optim.RMSprop(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def make_schedule(optimizer: torch.optim.Optimizer, cfg: Any, steps: int) -> torch.optim.lr_scheduler.LRScheduler | None:
+    """The per-step learning-rate schedule of `cfg.lr_schedule` over `steps` steps (None for a constant rate)."""
+    if getattr(cfg, "lr_schedule", "constant") == "constant":
+        return None
+    total = max(1, min(steps, cfg.max_steps) if cfg.max_steps else steps)
+    return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
 
 
 def classification_loss(

@@ -47,3 +47,37 @@ def test_benches_registered():
     from agentlab import registry
 
     assert {"loop-speed", "baselines"} <= set(registry.entries("bench"))
+
+
+def test_baselines_parts_select_and_refuse_unknown_names():
+    from agentlab.bench.baselines import METHODS, SCENARIOS, select_parts
+
+    assert select_parts(()) == {s: list(METHODS) for s in SCENARIOS}
+    assert select_parts(("permuted/ewc", "split_task", "permuted/si")) == {"split_task": list(METHODS), "permuted": ["ewc", "si"]}
+    with pytest.raises(ValueError, match="no part 'permuted/xyz'"):
+        select_parts(("permuted/xyz",))
+
+
+def test_baselines_resume_reuses_only_arms_with_the_same_settings(tmp_path):
+    from agentlab.bench.baselines import _reusable, scenario_table
+
+    table = scenario_table("split_task", True, 0)
+    arm = tmp_path / "lwf"
+    arm.mkdir()
+    assert not _reusable(arm, table, "lwf")  # never completed
+    (arm / "summary.json").write_text(json.dumps({"config": {"table": table}}))
+    assert _reusable(arm, table, "lwf")
+    changed = json.loads(json.dumps(table))
+    changed["agents"]["ewc"]["learner"]["ewc_lambda"] = 1.0  # another arm's settings do not matter
+    assert _reusable(arm, changed, "lwf")
+    changed["agents"]["lwf"]["learner"]["lwf_weighting"] = "constant"
+    assert not _reusable(arm, changed, "lwf")
+
+
+def test_lwf_vandeven_weighting_is_t_minus_1_times_t_squared():
+    from agentlab.learners.avalanche_baseline import AvalancheConfig, lwf_alphas
+
+    cfg = AvalancheConfig(strategy="lwf", lwf_alpha=1.0, lwf_temperature=2.0, lwf_weighting="vandeven")
+    # (1/t) CE + (1 - 1/t) T^2 KD, times t: CE + (t - 1) T^2 KD on the t-th task (t = 1, 2, 3).
+    assert lwf_alphas(cfg, 3) == [0.0, 4.0, 8.0]
+    assert lwf_alphas(AvalancheConfig(strategy="lwf", lwf_alpha=0.5), 3) == 0.5
