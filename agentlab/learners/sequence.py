@@ -12,36 +12,30 @@ below `threshold` bits per sequence.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import time
 
 import torch
 
 from agentlab.config import check
-from agentlab.learners.sgd import make_optimizer
+from agentlab.learners.sgd import OptimizerConfig, make_optimizer
 from agentlab.registry import BuildEnv, register
 from agentlab.learners.base import StatelessLearner
 
 
 @dataclass(frozen=True)
-class SequenceConfig:
-    """Training settings for `sequence` tasks."""
+class SequenceConfig(OptimizerConfig):
+    """Training settings for `sequence` tasks (the optimiser's come from `OptimizerConfig`)."""
 
+    lr: float = 1e-3
+    """learning rate"""
+    grad_clip: float = 10.0
+    """clip the global gradient norm to this value; 0 = off"""
     steps: int = 1000
     """optimiser steps per task"""
     batch_size: int = 16
     """sequences per step"""
-    lr: float = 1e-3
-    """learning rate"""
-    optimizer: Literal["sgd", "adam", "rmsprop"] = "adam"
-    """optimiser"""
-    momentum: float = 0.0
-    """SGD momentum"""
-    weight_decay: float = 0.0
-    """L2 penalty"""
-    grad_clip: float = 10.0
-    """clip the global gradient norm to this value; 0 = off"""
     start_len: int = 0
     """curriculum: first max length; 0 = no curriculum (the task's full range from the start)"""
     len_step: int = 1
@@ -54,12 +48,9 @@ class SequenceConfig:
     """stop a task after this many seconds of training; 0 = no limit (steps decide)"""
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         check(self.steps >= 1, "steps", self.steps, "an integer >= 1")
         check(self.batch_size >= 1, "batch_size", self.batch_size, "an integer >= 1")
-        check(self.lr > 0, "lr", self.lr, "a number > 0")
-        check(0 <= self.momentum < 1, "momentum", self.momentum, "in [0, 1)")
-        check(self.weight_decay >= 0, "weight_decay", self.weight_decay, "a number >= 0")
-        check(self.grad_clip >= 0, "grad_clip", self.grad_clip, "a number >= 0")
         check(self.start_len >= 0, "start_len", self.start_len, "an integer >= 0")
         check(self.len_step >= 1, "len_step", self.len_step, "an integer >= 1")
         check(self.threshold > 0, "threshold", self.threshold, "a number > 0")

@@ -15,15 +15,11 @@ from agentlab.data import Batch
 
 
 @dataclass(frozen=True)
-class SGDConfig:
-    """Optimisation settings shared by the supervised learners."""
+class OptimizerConfig:
+    """The optimiser's settings, shared by every learner that builds one with `make_optimizer`."""
 
-    epochs: int = 1
-    """passes over each task's training data"""
     lr: float = 0.01
     """learning rate"""
-    batch_size: int = 128
-    """examples per step"""
     optimizer: Literal["sgd", "adam", "rmsprop"] = "adam"
     """optimiser, rebuilt at the start of every task"""
     momentum: float = 0.0
@@ -32,18 +28,31 @@ class SGDConfig:
     """L2 penalty"""
     grad_clip: float = 0.0
     """clip the global gradient norm to this value; 0 = off"""
+
+    def __post_init__(self) -> None:
+        check(self.lr > 0, "lr", self.lr, "a number > 0")
+        check(0 <= self.momentum < 1, "momentum", self.momentum, "in [0, 1)")
+        check(self.weight_decay >= 0, "weight_decay", self.weight_decay, "a number >= 0")
+        check(self.grad_clip >= 0, "grad_clip", self.grad_clip, "a number >= 0")
+
+
+@dataclass(frozen=True)
+class SGDConfig(OptimizerConfig):
+    """Optimisation settings shared by the supervised learners."""
+
+    epochs: int = 1
+    """passes over each task's training data"""
+    batch_size: int = 128
+    """examples per step"""
     max_steps: int = 0
     """stop a task after this many steps; 0 = no limit (epochs decide)"""
     lr_schedule: Literal["constant", "cosine"] = "constant"
     """learning rate over a task: constant, or cosine-annealed from `lr` to 0 over the task's steps"""
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         check(self.epochs >= 1, "epochs", self.epochs, "an integer >= 1")
-        check(self.lr > 0, "lr", self.lr, "a number > 0")
         check(self.batch_size >= 1, "batch_size", self.batch_size, "an integer >= 1")
-        check(0 <= self.momentum < 1, "momentum", self.momentum, "in [0, 1)")
-        check(self.weight_decay >= 0, "weight_decay", self.weight_decay, "a number >= 0")
-        check(self.grad_clip >= 0, "grad_clip", self.grad_clip, "a number >= 0")
         check(self.max_steps >= 0, "max_steps", self.max_steps, "an integer >= 0")
         check(self.lr_schedule in ("constant", "cosine"), "lr_schedule", self.lr_schedule, "'constant' or 'cosine'")
 
