@@ -76,3 +76,18 @@ def test_permute_pixels_standardises_with_mnist_statistics():
     perm = torch.randperm(784)
     plain, std = PermutePixels(perm)(x), PermutePixels(perm, normalize=True)(x)
     assert torch.allclose(std, (plain - MNIST_MEAN) / MNIST_STD)
+
+
+@pytest.mark.parametrize("name,overrides", [
+    ("supsup-pmnist", []),
+    ("supsup-pmnist", ["backbone.hidden=[300, 300]", 'plasticity.0.objective="entropy"']),  # the bench's quick mode
+    ("fnnsp", []),
+])
+def test_recipes_resolve_with_the_paper_settings(name, overrides):
+    from agentlab import recipe as recipes
+
+    n, table = recipes.read_recipe(name)
+    resolved = recipes.resolve(n, recipes.apply_overrides(table, overrides))
+    recipes.check_components(resolved)
+    if name == "supsup-pmnist":
+        assert resolved.table["stream"]["normalize"] is True
