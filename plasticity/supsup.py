@@ -47,7 +47,7 @@ class SupSupConfig:
     infer: Literal["oneshot", "binary", "entropy", "hopfield"] = "oneshot"
     """task inference without a label: entropy gradient one-shot, binary search, lowest entropy of each mask, or Hopfield recovery"""
     objective: Literal["entropy", "g"] = "entropy"
-    """what task inference minimises: output entropy (H) or the superfluous-neuron log-sum-exp (G, Sec. 3.5)"""
+    """what task inference minimises: output entropy (H) or the log-sum-exp over superfluous output units (G)"""
     real_outputs: int = 10
     """objective "g": output units that are real classes (the rest are superfluous)"""
     infer_group: int = 1

@@ -10,7 +10,7 @@ falls fastest along it (Wortsman et al. 2020, Sec. 3.3):
     entropy         task = argmin_i H(f(x; W ⊙ M_i))   (k forwards: the exhaustive search the
                     gradient approximates; more reliable when tasks differ in output scale)
 
-The objective H is the output entropy, or SupSup's G objective (Sec. 3.5, "superfluous
+The objective H is the output entropy, or SupSup's G objective ("superfluous
 neurons"): with more output units than classes, training pushes the unused units' logits
 down, so the log-sum-exp over the logits, with the real classes' logits held constant,
 falls fastest along the right mask: G_b = log Σ_c exp(z_bc), z_bc detached for c < real.
