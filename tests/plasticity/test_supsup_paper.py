@@ -80,7 +80,8 @@ def test_permute_pixels_standardises_with_mnist_statistics():
 
 @pytest.mark.parametrize("name,overrides", [
     ("supsup-pmnist", []),
-    ("supsup-pmnist", ["backbone.hidden=[300, 300]", 'plasticity.0.objective="entropy"']),  # the bench's quick mode
+    ("supsup-pmnist", ["backbone.hidden=[300, 300]", "backbone.out_features=100", 'plasticity.0.objective="entropy"']),
+    ("supsup-pmnist", ["backbone.hidden=[300, 100]", "backbone.out_features=100", 'plasticity.0.objective="g"']),
     ("fnnsp", []),
 ])
 def test_recipes_resolve_with_the_paper_settings(name, overrides):
