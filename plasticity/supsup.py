@@ -27,7 +27,7 @@ from agentlab.protocols import PlasticityModule
 from agentlab.registry import BuildEnv, register
 from plasticity.hopfield_mask_store import HopfieldMaskStore
 from plasticity.supermask_layers import MaskContext, SupermaskLayer, TaskBatchNorm, signed_constant_
-from plasticity.task_inference import infer_tasks, output_entropy
+from plasticity.task_inference import g_objective, infer_tasks, output_entropy
 
 
 @dataclass(frozen=True)
@@ -46,6 +46,10 @@ class SupSupConfig:
     """signed-constant scale uses the kept fan-in (fan_in * density)"""
     infer: Literal["oneshot", "binary", "entropy", "hopfield"] = "oneshot"
     """task inference without a label: entropy gradient one-shot, binary search, lowest entropy of each mask, or Hopfield recovery"""
+    objective: Literal["entropy", "g"] = "entropy"
+    """what task inference minimises: output entropy (H) or the log-sum-exp over superfluous output units (G)"""
+    real_outputs: int = 10
+    """objective "g": output units that are real classes (the rest are superfluous)"""
     infer_group: int = 1
     """examples that share one inferred task: 1 = each example alone, 0 = the whole batch"""
     infer_chunk: int = 256
@@ -63,6 +67,7 @@ class SupSupConfig:
 
     def __post_init__(self) -> None:
         check(0.0 < self.density <= 1.0, "density", self.density, "in (0, 1]")
+        check(self.real_outputs >= 1, "real_outputs", self.real_outputs, "an integer >= 1")
         check(self.infer_group >= 0, "infer_group", self.infer_group, "an integer >= 0")
         check(self.infer_chunk >= 1, "infer_chunk", self.infer_chunk, "an integer >= 1")
         check(0.0 <= self.hopfield_noise < 0.5, "hopfield_noise", self.hopfield_noise, "in [0, 0.5)")
@@ -72,6 +77,11 @@ class SupSupConfig:
             re.compile(self.layers)
         except re.error as e:
             check(False, "layers", self.layers, f"a valid regular expression ({e})")
+
+
+def score_seed(seed: int, task_id: int) -> int:
+    """Seed of task `task_id`'s initial scores: independent of the weights' seed `seed` and of other tasks."""
+    return int(np.random.SeedSequence([seed, task_id, 0x5C0E]).generate_state(1)[0])
 
 
 def _replace(root: nn.Module, name: str, new: nn.Module) -> None:
@@ -157,7 +167,9 @@ class SupSup(PlasticityModule):
     # ------------------------------------------------------------------ task hooks
     def on_task_start(self, task: Any) -> None:
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.seed * 100_003 + task.id)
+            # A seed stream of its own: seeding scores with the weights' seed (task 0 of seed 0 did)
+            # draws score signs anti-correlated with the weight signs (75% disagree), a bad start.
+            torch.manual_seed(score_seed(self.seed, task.id))
             for w in self._wrappers():
                 if not w.has_task(task.id):
                     w.add_task(task.id)
@@ -188,8 +200,9 @@ class SupSup(PlasticityModule):
         try:
             if self.cfg.infer == "hopfield" and len(tasks) > 1:
                 return self._hopfield_infer(x, forward, tasks)
-            return infer_tasks(forward, x, self.ctx, tasks, method=self.cfg.infer,
-                               group=self.cfg.infer_group, chunk=self.cfg.infer_chunk)
+            objective = g_objective(self.cfg.real_outputs) if self.cfg.objective == "g" else output_entropy
+            return infer_tasks(forward, x, self.ctx, tasks, method=self.cfg.infer, group=self.cfg.infer_group,
+                               chunk=self.cfg.infer_chunk, objective=objective)
         finally:
             self.ctx.mode, self.ctx.task = was
 

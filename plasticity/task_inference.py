@@ -10,6 +10,11 @@ falls fastest along it (Wortsman et al. 2020, Sec. 3.3):
     entropy         task = argmin_i H(f(x; W ⊙ M_i))   (k forwards: the exhaustive search the
                     gradient approximates; more reliable when tasks differ in output scale)
 
+The objective H is the output entropy, or SupSup's G objective ("superfluous
+neurons"): with more output units than classes, training pushes the unused units' logits
+down, so the log-sum-exp over the logits, with the real classes' logits held constant,
+falls fastest along the right mask: G_b = log Σ_c exp(z_bc), z_bc detached for c < real.
+
 Coefficients are per example (α is (B, k)), so the gradient of example b's entropy
 is exact for that example alone ("from a single image"). With `group` > 1,
 consecutive groups of examples share one decision (the gradient of their mean
@@ -29,6 +34,7 @@ from torch import Tensor
 from plasticity.supermask_layers import MaskContext
 
 Method = Literal["oneshot", "binary", "entropy"]
+Objective = Callable[[Tensor], Tensor]
 
 
 def output_entropy(logits: Tensor) -> Tensor:
@@ -38,8 +44,20 @@ def output_entropy(logits: Tensor) -> Tensor:
     return h.reshape(h.shape[0], -1).mean(1)
 
 
+def g_objective(real: int) -> Objective:
+    """SupSup's G: logits (B, C) -> (B,) log-sum-exp whose gradient flows only through units c >= `real`."""
+
+    def g(logits: Tensor) -> Tensor:
+        z = logits.float()
+        keep = torch.arange(z.shape[-1], device=z.device) < real  # (C,) the real classes, held constant
+        z = torch.where(keep, z.detach(), z)
+        return torch.logsumexp(z, dim=-1).reshape(z.shape[0], -1).mean(1)
+
+    return g
+
+
 def alpha_gradient(forward: Callable[[Tensor], Tensor], x: Tensor, ctx: MaskContext, tasks: list[int],
-                   alpha: Tensor, *, chunk: int = 256) -> Tensor:
+                   alpha: Tensor, *, chunk: int = 256, objective: Objective = output_entropy) -> Tensor:
     """∂H_b/∂α_{b,i} for every example b and task i, at the given α (B, k); returns (B, k)."""
     grads = []
     saved = (ctx.mode, ctx.task, ctx.tasks, ctx.alpha)
@@ -48,7 +66,7 @@ def alpha_gradient(forward: Callable[[Tensor], Tensor], x: Tensor, ctx: MaskCont
             a = alpha[start : start + chunk].detach().clone().requires_grad_(True)
             ctx.mode, ctx.tasks, ctx.alpha = "superpose", list(tasks), a
             with torch.enable_grad():
-                h = output_entropy(forward(x[start : start + chunk]))
+                h = objective(forward(x[start : start + chunk]))
                 (g,) = torch.autograd.grad(h.sum(), a)
             grads.append(g)
     finally:
@@ -57,14 +75,15 @@ def alpha_gradient(forward: Callable[[Tensor], Tensor], x: Tensor, ctx: MaskCont
 
 
 @torch.no_grad()
-def task_entropies(forward: Callable[[Tensor], Tensor], x: Tensor, ctx: MaskContext, tasks: list[int]) -> Tensor:
+def task_entropies(forward: Callable[[Tensor], Tensor], x: Tensor, ctx: MaskContext, tasks: list[int],
+                   objective: Objective = output_entropy) -> Tensor:
     """H_b of each task's own sub-network; returns (B, k)."""
     saved = (ctx.mode, ctx.task)
     try:
         cols = []
         for t in tasks:
             ctx.mode, ctx.task = "task", t
-            cols.append(output_entropy(forward(x)))
+            cols.append(objective(forward(x)))
     finally:
         ctx.mode, ctx.task = saved
     return torch.stack(cols, 1)
@@ -82,19 +101,20 @@ def _group_sum(g: Tensor, group: int) -> Tensor:
 
 
 def infer_tasks(forward: Callable[[Tensor], Tensor], x: Tensor, ctx: MaskContext, tasks: list[int], *,
-                method: Method = "oneshot", group: int = 1, chunk: int = 256) -> Tensor:
+                method: Method = "oneshot", group: int = 1, chunk: int = 256,
+                objective: Objective = output_entropy) -> Tensor:
     """Predicted task ids (B,) among `tasks` for inputs x (B, ...)."""
     k = len(tasks)
     ids = torch.tensor(tasks, dtype=torch.long, device=x.device)
     if k == 1:
         return ids.expand(x.shape[0]).clone()
     if method == "entropy":
-        return ids[_group_sum(task_entropies(forward, x, ctx, tasks), group).argmin(1)]
+        return ids[_group_sum(task_entropies(forward, x, ctx, tasks, objective), group).argmin(1)]
     alive = torch.ones(x.shape[0], k, dtype=torch.bool, device=x.device)  # (B, k) candidates left
     rounds = 1 if method == "oneshot" else math.ceil(math.log2(k))
     for _ in range(rounds):
         alpha = alive.float() / alive.sum(1, keepdim=True)  # uniform over the candidates
-        g = _group_sum(alpha_gradient(forward, x, ctx, tasks, alpha, chunk=chunk), group)
+        g = _group_sum(alpha_gradient(forward, x, ctx, tasks, alpha, chunk=chunk, objective=objective), group)
         g = g.masked_fill(~alive, float("inf"))
         if method == "oneshot":
             return ids[g.argmin(1)]

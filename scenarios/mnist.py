@@ -179,15 +179,22 @@ def task_permutation(seed: int, i: int) -> Tensor:
     return torch.from_numpy(task_rng(seed, i).permutation(INPUT_SHAPE[1] * INPUT_SHAPE[2])).long()
 
 
-class PermutePixels:
-    """uint8 images (b, 1, 28, 28) -> floats in [0, 1] with pixel p moved from position perm[p]."""
+# MNIST's training-set pixel mean and standard deviation (the usual Normalize((0.1307,), (0.3081,))).
+MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
 
-    def __init__(self, perm: Tensor | None) -> None:
+
+class PermutePixels:
+    """uint8 images (b, 1, 28, 28) -> floats in [0, 1] (or standardised) with pixel p moved from position perm[p]."""
+
+    def __init__(self, perm: Tensor | None, normalize: bool = False) -> None:
         self.perm = perm  # (p,) or None for the unpermuted task
+        self.normalize = normalize
         self.to_float = ToUnitFloat()
 
     def __call__(self, x: Tensor) -> Tensor:
         x = self.to_float(x)
+        if self.normalize:
+            x = (x - MNIST_MEAN) / MNIST_STD
         if self.perm is None:
             return x
         flat = rearrange(x, "b c h w -> b c (h w)")[..., self.perm]
@@ -223,6 +230,8 @@ class PermutedMNISTConfig:
     """permutation seed: task i's permutation comes from the pair (seed, i)"""
     first_unpermuted: bool = False
     """task 0 is plain MNIST (as in van de Ven & Tolias 2019's code)"""
+    normalize: bool = False
+    """standardise pixels with MNIST's mean 0.1307 and std 0.3081 (as SupSup's reference code); false = [0, 1]"""
     max_per_task: int = 0
     """training examples kept per task (the same random subset for every task); 0 = all 60,000"""
     max_eval_per_task: int = 0
@@ -297,7 +306,7 @@ def transformed_stream(
 
 def permuted_stream(root: Path | str, cfg: PermutedMNISTConfig) -> LazyStream:
     def transform_of(i: int) -> PermutePixels:
-        return PermutePixels(None if (cfg.first_unpermuted and i == 0) else task_permutation(cfg.seed, i))
+        return PermutePixels(None if (cfg.first_unpermuted and i == 0) else task_permutation(cfg.seed, i), cfg.normalize)
 
     return transformed_stream("permuted-mnist", root, cfg, transform_of, lambda i: f"perm{cfg.seed}.{i}")
 
