@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from agentlab.backbones.trace_encoder import TraceEncoder, TraceOutput
+from agentlab.backbones.trace_encoder import TraceEncoder
 from scenarios.traces import encode as E
 from scenarios.traces.encode import encode
 from scenarios.traces.objective import trace_log_likelihood, trace_log_likelihood_terms
