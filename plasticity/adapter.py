@@ -242,8 +242,9 @@ class AdapterModule(PlasticityModule):
 
     # ------------------------------------------------------------------ identification
     @torch.no_grad()
-    def task_scores(self, x: Tensor, task_ids: list[int] | None = None) -> tuple[list[int], Tensor]:
-        """(task ids, (b, n_tasks) log-likelihood of each input under each task's adapter)."""
+    def task_scores(self, x: Tensor, task_ids: list[int] | None = None, **likelihood_kw: Any) -> tuple[list[int], Tensor]:
+        """(task ids, (b, n_tasks) log-likelihood of each input under each task's adapter); keyword arguments
+        go to the backbone's `log_likelihood` (the trace encoder takes `heads=`)."""
         backbone = self._backbone
         if backbone is None or not hasattr(backbone, "log_likelihood"):
             raise TypeError("task_scores needs a backbone with log_likelihood(x, out)")
@@ -253,7 +254,7 @@ class AdapterModule(PlasticityModule):
         try:
             for t in ids:
                 self.active = str(t)
-                cols.append(backbone.log_likelihood(x, backbone(x)))
+                cols.append(backbone.log_likelihood(x, backbone(x), **likelihood_kw))
         finally:
             self.active = old
         return ids, torch.stack(cols, dim=1)

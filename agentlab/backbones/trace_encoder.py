@@ -103,11 +103,12 @@ class TraceEncoder(nn.Module):
         mu, logvar = self.time_head(c).unbind(-1)  # (b, l) each
         return TraceOutput(self.action_head(h), mu, logvar.clamp(-8.0, 4.0), self.error_head(c))
 
-    def log_likelihood(self, x: Tensor, out: TraceOutput) -> Tensor:
-        """(b,) log-probability of each trace under the model: actions, step times and errors (fingerprinting)."""
-        from scenarios.traces.objective import trace_log_likelihood
+    def log_likelihood(self, x: Tensor, out: TraceOutput, heads: tuple[str, ...] | None = None) -> Tensor:
+        """(b,) log-probability of each trace under the model: actions, step times and errors (fingerprinting);
+        `heads` picks a subset of ("action", "time", "error")."""
+        from scenarios.traces.objective import HEADS, trace_log_likelihood
 
-        return trace_log_likelihood(out, x)
+        return trace_log_likelihood(out, x, HEADS if heads is None else tuple(heads))
 
 
 @dataclass(frozen=True)

@@ -6,8 +6,11 @@ Each adapter kind runs the loop over the people (one task each) on a copy of
 the same pre-trained model. Figures on the new people's held-out traces:
 next-action accuracy, step-time MAE (s), error-prediction AUC, bytes per
 person, seconds to personalize one person, fingerprint top-1 (which of the
-people produced a held-out trace, by the likelihood under each adapter), and
-how well the adapters recover the simulator's latent traits (Pearson r across people).
+people produced a held-out trace: the likelihood of its actions and errors
+under each person's adapter plus that of its step times under each person's
+time profile; also the adapter's full likelihood alone, and the ceiling: the
+exact likelihood under each person's true simulator traits), and how well the
+adapters recover the simulator's latent traits (Pearson r across people).
 """
 
 from __future__ import annotations
@@ -89,17 +92,48 @@ def evaluate_people(agent: Agent, stream: LazyStream) -> dict[str, np.ndarray]:
     }
 
 
-def fingerprint_top1(module: Any, stream: LazyStream, group: int = 1) -> float:
-    """Share of held-out traces (or groups of `group` consecutive ones, summing their log-likelihoods)
-    whose highest-likelihood adapter is their own person's."""
-    right = total = 0
+def fingerprint_scores(module: Any, stream: LazyStream, heads: tuple[str, ...]) -> list[torch.Tensor]:
+    """Per person i: (n_i, people) log-likelihood of each of i's held-out traces under every person's adapter,
+    summing the trace encoder's `heads`; columns in stream order."""
+    out = []
     for i in range(len(stream)):
-        ids, scores = module.task_scores(stream[i].eval.x)  # (n, people)
-        n = scores.shape[0] - scores.shape[0] % group
-        scores = scores[:n].reshape(n // group, group, -1).sum(1)
-        right += int((torch.tensor(ids)[scores.argmax(1)] == i).sum())
-        total += scores.shape[0]
+        ids, scores = module.task_scores(stream[i].eval.x, heads=heads)
+        if ids != list(range(len(stream))):
+            raise ValueError(f"adapters for tasks {ids}, expected 0..{len(stream) - 1}")
+        out.append(scores)
+    return out
+
+
+def profile_scores(pop_time: Any, profiles: list[Any], stream: LazyStream) -> list[torch.Tensor]:
+    """Per person i: (n_i, people) log density of the step times of i's held-out traces under every person's time profile."""
+    return [torch.stack([q.log_likelihood(pop_time, stream[i].eval.x) for q in profiles], 1) for i in range(len(stream))]
+
+
+def top1(scores: list[torch.Tensor], group: int = 1) -> float:
+    """Share of held-out traces (or groups of `group` consecutive ones, summing their log-likelihoods) whose
+    highest score is their own person's; `scores[i]` are person i's traces."""
+    right = total = 0
+    for i, s in enumerate(scores):
+        n = s.shape[0] - s.shape[0] % group
+        s = s[:n].reshape(n // group, group, -1).sum(1)
+        right += int((s.argmax(1) == i).sum())
+        total += s.shape[0]
     return right / max(total, 1)
+
+
+def fingerprint_top1(module: Any, stream: LazyStream, group: int = 1) -> float:
+    """Top-1 of the adapters alone: the full likelihood (all three heads) under each person's adapter."""
+    return top1(fingerprint_scores(module, stream, ("action", "time", "error")), group)
+
+
+def oracle_fingerprint(cfg: Any, traits: list[Any]) -> tuple[float, float]:
+    """(one trace, one session) top-1 of the oracle: each held-out trace scored under every new person's TRUE
+    simulator traits (`scenarios.traces.oracle`); the ceiling of any identification from the same traces."""
+    from scenarios.traces.oracle import oracle_top1
+    from scenarios.traces.simulator import SESSION_LEN, simulate_person
+
+    held = [simulate_person(t, cfg.train_traces + cfg.eval_traces, cfg.seed)[cfg.train_traces :] for t in traits]
+    return oracle_top1(traits, held), oracle_top1(traits, held, group=SESSION_LEN)
 
 
 def trait_recovery(agent: Agent, module: Any, stream: LazyStream, traits: list[Any]) -> dict[str, float]:
@@ -156,6 +190,7 @@ def _bench(args: BenchArgs) -> BenchResult:
     from agentlab.learners.personalize import Personalize, PersonalizeConfig
     from scenarios.personalization import PersonalizationConfig, personalization_stream
     from scenarios.traces.simulator import SESSION_LEN
+    from scenarios.traces.time_profile import PersonTime, PopulationTime
 
     size = _sizes(args.quick)
     cfg = PersonalizationConfig(n_population=size["n_population"], n_people=size["n_people"], seed=args.seed)
@@ -168,6 +203,14 @@ def _bench(args: BenchArgs) -> BenchResult:
     _log(f"simulated {size['n_population']} + {len(people)} people in {sim_s:.1f} s")
     backbone, pre_s = pretrain(population, Personalize(PersonalizeConfig(population_epochs=size["epochs"])), args.seed)
     _log(f"pre-trained the population model in {pre_s:.1f} s")
+    oracle, oracle_session = oracle_fingerprint(cfg, traits) if traits[0] is not None else (float("nan"), float("nan"))
+    _log(f"oracle fingerprint (true traits): top-1 {oracle:.3f} per trace, {oracle_session:.3f} per session")
+    t0 = time.perf_counter()
+    pop_time = PopulationTime.fit(population.train.x)
+    profiles = [PersonTime.fit(pop_time, people[i].train.x) for i in range(len(people))]
+    prof = profile_scores(pop_time, profiles, people)
+    profile_s = time.perf_counter() - t0
+    _log(f"time profiles: fitted and scored in {profile_s:.1f} s; time alone top-1 {top1(prof):.3f}")
 
     rows: list[dict[str, Any]] = []
     results: dict[str, dict[str, Any]] = {}
@@ -180,29 +223,39 @@ def _bench(args: BenchArgs) -> BenchResult:
         own = evaluate_people(agent, people)
         if not results:  # the population model: the same agent with its adapters switched off
             with module.disabled():
-                results["population"] = {**evaluate_people(agent, people), "bytes": 0, "s": 0.0, "top1": float("nan"),
-                                         "top1_session": float("nan")}
+                results["population"] = {**evaluate_people(agent, people), "bytes": 0, "s": 0.0, **{
+                    k: float("nan") for k in ("top1", "top1_session", "top1_adapter", "top1_adapter_session")}}
         per = module.state_bytes()
+        act_err = fingerprint_scores(module, people, ("action", "error"))
+        times = fingerprint_scores(module, people, ("time",))
+        alone = [a + t for a, t in zip(act_err, times)]
+        with_profile = [a + t for a, t in zip(act_err, prof)]
         results[kind] = {**own, "bytes": float(np.mean(list(per.values()))), "s": res.timings["train_s"] / len(people),
-                         "top1": fingerprint_top1(module, people),
-                         "top1_session": fingerprint_top1(module, people, group=SESSION_LEN), "forgetting": res.metrics.get("forgetting", float("nan")),
+                         "top1": top1(with_profile), "top1_session": top1(with_profile, SESSION_LEN),
+                         "top1_adapter": top1(alone), "top1_adapter_session": top1(alone, SESSION_LEN),
+                         "forgetting": res.metrics.get("forgetting", float("nan")),
                          "traits": trait_recovery(agent, module, people, traits) if traits[0] is not None else {}}
         r = results[kind]
         _log(f"{kind}: acc {r['acc'].mean():.4f} (population {results['population']['acc'].mean():.4f}), "
-             f"{r['bytes']:.0f} B/person, {r['s']:.2f} s/person, top-1 {r['top1']:.3f} (session {r['top1_session']:.3f}), "
+             f"{r['bytes']:.0f} B/person, {r['s']:.2f} s/person, top-1 {r['top1']:.3f} (session {r['top1_session']:.3f}; adapter alone {r['top1_adapter']:.3f}, "
+             f"session {r['top1_adapter_session']:.3f}), "
              f"time MAE {r['time_mae_s'].mean():.3f} s, error AUC {np.nanmean(r['error_auc']):.3f}, traits {r['traits']}")
     pop = results["population"]
     for kind, r in results.items():
         row = {"model": kind, "next_action_acc": float(r["acc"].mean()), "gain_points": 100 * float(r["acc"].mean() - pop["acc"].mean()),
                "time_mae_s": float(r["time_mae_s"].mean()), "error_auc": float(np.nanmean(r["error_auc"])),
                "bytes_per_person": r["bytes"], "personalize_s": r["s"], "fingerprint_top1": r["top1"],
-               "fingerprint_top1_session": r["top1_session"]}
+               "fingerprint_top1_session": r["top1_session"], "fingerprint_top1_adapter": r["top1_adapter"],
+               "fingerprint_top1_adapter_session": r["top1_adapter_session"]}
         for t, v in r.get("traits", {}).items():
             row[f"trait_r_{t}"] = v
         rows.append(row)
+    rows.append({"model": "time profile alone", "bytes_per_person": float(profiles[0].nbytes), "fingerprint_top1": top1(prof),
+                 "fingerprint_top1_session": top1(prof, SESSION_LEN)})
+    rows.append({"model": "oracle (true traits)", "fingerprint_top1": oracle, "fingerprint_top1_session": oracle_session})
     trait_keys = sorted({k for r in rows for k in r if k.startswith("trait_r_")})
     for r in rows:
-        for k in trait_keys:
+        for k in [*rows[0], *trait_keys]:
             r.setdefault(k, float("nan"))
     by = {r["model"]: r for r in rows}
     lora_gain = by["lora"]["gain_points"]
@@ -216,6 +269,7 @@ def _bench(args: BenchArgs) -> BenchResult:
         "compact_bytes_per_person": by[compact]["bytes_per_person"],
         "lora_bytes_per_person": by["lora"]["bytes_per_person"],
         "fingerprint_top1": by["lora"]["fingerprint_top1"],
+        "fingerprint_oracle_top1": oracle,
         "personalize_s": by["lora"]["personalize_s"],
         "time_mae_s": by["lora"]["time_mae_s"],
         "error_auc": by["lora"]["error_auc"],
@@ -224,13 +278,18 @@ def _bench(args: BenchArgs) -> BenchResult:
         "LoRA gains >= 5 points over the population model": goal(lora_gain >= 5, f"{lora_gain:.2f} points"),
         "NOLA or PRANC keep >= 90% of LoRA's gain at <= 1 KB per person": goal(
             ratio >= 0.9 and by[compact]["bytes_per_person"] <= KB, f"{compact}: {ratio:.2f} at {by[compact]['bytes_per_person']:.0f} B"),
-        "fingerprint top-1 >= 90% among the new people": goal(metrics["fingerprint_top1"] >= 0.9, f"{metrics['fingerprint_top1']:.3f}"),
+        "fingerprint top-1 >= 90% among the new people": goal(
+            metrics["fingerprint_top1"] >= 0.9, f"{metrics['fingerprint_top1']:.3f}; oracle with the true traits {oracle:.3f}"),
         "personalizing one person < 5 s on CPU": goal(metrics["personalize_s"] < 5, f"{metrics['personalize_s']:.2f} s"),
     }
     notes = (f"{size['n_population']} population people, {len(people)} new people; simulate {sim_s:.1f} s, "
              f"pre-train {pre_s:.1f} s; compact adapter = {compact}; trait_r_* = Pearson r across new people "
-             "(population row: none); fingerprint_top1 scores one held-out trace (one problem), "
-             f"fingerprint_top1_session a session of {SESSION_LEN} held-out traces together")
+             "(population row: none); fingerprint_top1 scores one held-out trace (one problem) by the adapter's action "
+             f"and error likelihood plus the person's step-time profile ({profiles[0].nbytes} B/person more, "
+             "scenarios/traces/time_profile.py), fingerprint_top1_adapter by the adapter's full likelihood alone, "
+             f"fingerprint_top1_session a session of {SESSION_LEN} held-out traces together; fingerprint_oracle_top1 "
+             f"(row 'oracle (true traits)') scores each held-out trace by its exact likelihood under every new person's "
+             f"true simulator traits: {oracle:.3f} per trace, {oracle_session:.3f} per session, the ceiling for any model")
     return BenchResult(metrics, rows, goals, notes)
 
 

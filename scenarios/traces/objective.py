@@ -63,10 +63,22 @@ def trace_losses(out, y: Tensor, *, time_weight: float = 0.5, error_weight: floa
     return {"action": action, "time": time, "error": error, "total": action + time_weight * time + error_weight * error}
 
 
-def trace_log_likelihood(out, x: Tensor) -> Tensor:
-    """(b,) log-likelihood of each whole trace: its actions (with END), step times and errors."""
+HEADS: tuple[str, ...] = ("action", "time", "error")
+
+
+def trace_log_likelihood_terms(out, x: Tensor) -> dict[str, Tensor]:
+    """(b,) log-likelihood of each whole trace per head: `action` (log-softmax of every next action, END
+    included), `time` (Gaussian log density of each step's log seconds under the predicted mean and
+    variance) and `error` (Bernoulli log-probability of each error type at each step), summed over the
+    trace's valid positions. No normalisation: traces scored under different adapters compare directly."""
     nll_a, nll_t, nll_e, _, _ = _terms(out, targets_from_x(x))
-    return -(nll_a + nll_t + nll_e).sum(-1)
+    return {"action": -nll_a.sum(-1), "time": -nll_t.sum(-1), "error": -nll_e.sum(-1)}
+
+
+def trace_log_likelihood(out, x: Tensor, heads: tuple[str, ...] = HEADS) -> Tensor:
+    """(b,) log-likelihood of each whole trace: its actions (with END), step times and errors (or only `heads`)."""
+    terms = trace_log_likelihood_terms(out, x)
+    return sum(terms[h] for h in heads)  # type: ignore[return-value]
 
 
 @torch.no_grad()

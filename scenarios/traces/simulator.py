@@ -98,13 +98,24 @@ def draw_traits(seed: int, index: int, prefix: str = "p") -> Traits:
     )
 
 
+def tiredness(t: Traits, trace: int) -> float:
+    """Fatigue factor on step times and error rates of problem number `trace` of a session."""
+    return 1.0 + t.fatigue * (trace % SESSION_LEN) / SESSION_LEN
+
+
+def step_difficulty(action: str, operands: "list[float] | tuple[float, ...]") -> float:
+    """Time factor of bigger numbers in a computing step (1 for every other step)."""
+    size = sum(abs(o) for o in operands[:3]) if action in COMPUTING else 0.0
+    return 1.0 + 0.03 * min(size, 30.0)
+
+
 class _Writer:
     """Collects the steps of one trace, timing each and inserting re-reads."""
 
     def __init__(self, t: Traits, rng: random.Random, p: Problem, session: int, trace: int) -> None:
         self.t, self.rng, self.p = t, rng, p
         self.session, self.trace = session, trace
-        self.tired = 1.0 + t.fatigue * (trace % SESSION_LEN) / SESSION_LEN
+        self.tired = tiredness(t, trace)
         self.steps: list[Step] = []
 
     def err(self, kind: str, boost: float = 1.0) -> bool:
@@ -114,11 +125,9 @@ class _Writer:
     def emit(self, action: str, operands: list[float], result: float | None, error: str | None = None) -> None:
         if action != "reread" and self.rng.random() < self.t.reread * self.tired:
             self.emit("reread", [], None)
-        size = sum(abs(o) for o in operands[:3]) if action in COMPUTING else 0.0
-        difficulty = 1.0 + 0.03 * min(size, 30.0)
         log_t = (math.log(BASE_TIME[action]) + self.t.log_speed + self.t.skill_speed[action]
                  + self.t.time_sd * self.rng.gauss(0.0, 1.0))
-        time_s = round(math.exp(log_t) * self.tired * difficulty, 3)
+        time_s = round(math.exp(log_t) * self.tired * step_difficulty(action, operands), 3)
         self.steps.append(Step(self.t.person, self.session, self.trace, len(self.steps), self.p.text, action,
                                tuple(float(o) for o in operands), None if result is None else float(result),
                                max(time_s, 0.05), error))
@@ -272,15 +281,22 @@ _SOLVERS = {
 }
 
 
+def strategy_modulation(p: Problem) -> tuple[float, ...]:
+    """How much problem `p` invites each of STRATEGIES[p.kind] (compensation when b ends in 7-9, dividing first when clean)."""
+    out = []
+    for s in STRATEGIES[p.kind]:
+        if s == "compensate":
+            out.append(3.0 if p.b % 10 >= 7 else 0.3)
+        elif s == "divide_first":
+            out.append(2.0 if (p.b % p.a == 0 and p.c % p.a == 0) else 0.2)
+        else:
+            out.append(1.0)
+    return tuple(out)
+
+
 def strategy_weights(t: Traits, p: Problem) -> tuple[float, ...]:
     """The person's strategy probabilities for this problem: preference times what the problem invites."""
-    pref = list(t.strategy[p.kind])
-    names = STRATEGIES[p.kind]
-    for i, s in enumerate(names):
-        if s == "compensate":
-            pref[i] *= 3.0 if p.b % 10 >= 7 else 0.3
-        if s == "divide_first":
-            pref[i] *= 2.0 if (p.b % p.a == 0 and p.c % p.a == 0) else 0.2
+    pref = [v * m for v, m in zip(t.strategy[p.kind], strategy_modulation(p))]
     z = sum(pref)
     return tuple(v / z for v in pref)
 

@@ -100,6 +100,10 @@ def test_bench_keys(monkeypatch) -> None:
     res = B.bench_personalize(BenchArgs(quick=True), BuildEnv())
     assert list(res.metrics) == ["population_acc", "lora_acc", "lora_gain_points", "compact_gain_ratio",
                                  "compact_bytes_per_person", "lora_bytes_per_person", "fingerprint_top1",
-                                 "personalize_s", "time_mae_s", "error_auc"]
-    assert {r["model"] for r in res.rows} == {"population", "lora", "nola", "pranc", "mcnc"}
+                                 "fingerprint_oracle_top1", "personalize_s", "time_mae_s", "error_auc"]
+    assert {r["model"] for r in res.rows} == {"population", "lora", "nola", "pranc", "mcnc", "time profile alone",
+                                                "oracle (true traits)"}
+    lora = next(r for r in res.rows if r["model"] == "lora")
+    assert 0 <= lora["fingerprint_top1"] <= 1 and 0 <= lora["fingerprint_top1_adapter"] <= 1
+    assert 0 < res.metrics["fingerprint_oracle_top1"] <= 1 and all(set(r) == set(res.rows[0]) for r in res.rows)
     assert res.metrics["compact_bytes_per_person"] <= 1024
