@@ -54,6 +54,9 @@ class AvalancheConfig(SGDConfig):
     lwf_weighting: Literal["constant", "vandeven"] = "constant"
     """LwF: `constant` adds lwf_alpha * distillation (Avalanche); `vandeven` weighs the current loss 1/t and the
     T^2-scaled distillation 1 - 1/t on task t (van de Ven & Tolias 2019)"""
+    lwf_distill: Literal["avalanche", "per_task"] = "avalanche"
+    """LwF: `avalanche` (task-IL: only task 0's classes are distilled) or `per_task` (each previous task's classes on
+    their own softmax, averaged: van de Ven & Tolias; equal to avalanche in domain- and class-IL)"""
     mem_size: int = 200
     """Replay: examples in Avalanche's class-balanced-by-experience buffer"""
     patterns_per_exp: int = 256
@@ -74,6 +77,7 @@ class AvalancheConfig(SGDConfig):
         check(self.lwf_alpha >= 0, "lwf_alpha", self.lwf_alpha, "a number >= 0")
         check(self.lwf_temperature > 0, "lwf_temperature", self.lwf_temperature, "a number > 0")
         check(self.lwf_weighting in ("constant", "vandeven"), "lwf_weighting", self.lwf_weighting, "'constant' or 'vandeven'")
+        check(self.lwf_distill in ("avalanche", "per_task"), "lwf_distill", self.lwf_distill, "'avalanche' or 'per_task'")
         check(self.mem_size >= 1, "mem_size", self.mem_size, "an integer >= 1")
         check(self.patterns_per_exp >= 1, "patterns_per_exp", self.patterns_per_exp, "an integer >= 1")
         check(self.memory_strength >= 0, "memory_strength", self.memory_strength, "a number >= 0")
@@ -95,11 +99,14 @@ def method_plugins(cfg: AvalancheConfig, n_tasks: int = 1) -> list[Any]:
     """Avalanche's plugin for `cfg.strategy` (Avalanche's strategy classes are the template plus these)."""
     from avalanche.training import plugins as P
 
+    from agentlab.learners.avalanche_lwf import per_task_lwf_plugin
+
     return {
         "naive": lambda: [],
         "ewc": lambda: [P.EWCPlugin(cfg.ewc_lambda, mode=cfg.ewc_mode, decay_factor=cfg.ewc_decay if cfg.ewc_mode == "online" else None)],
         "si": lambda: [P.SynapticIntelligencePlugin(cfg.si_lambda, eps=cfg.si_eps)],
-        "lwf": lambda: [P.LwFPlugin(lwf_alphas(cfg, n_tasks), cfg.lwf_temperature)],
+        "lwf": lambda: [per_task_lwf_plugin(lwf_alphas(cfg, n_tasks), cfg.lwf_temperature) if cfg.lwf_distill == "per_task"
+                        else P.LwFPlugin(lwf_alphas(cfg, n_tasks), cfg.lwf_temperature)],
         "replay": lambda: [P.ReplayPlugin(mem_size=cfg.mem_size)],
         "gem": lambda: [P.GEMPlugin(cfg.patterns_per_exp, cfg.memory_strength)],
         "agem": lambda: [P.AGEMPlugin(cfg.patterns_per_exp, cfg.sample_size)],

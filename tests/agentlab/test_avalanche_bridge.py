@@ -163,3 +163,30 @@ def test_baseline_learner_trains(data_root, strategy):
     strat = LAST["learner"].strategy
     assert strat.clock.train_iterations == 5 * 2  # max_steps=2 per task, counted by Avalanche's clock
     assert len(r.history) == 5
+
+
+def test_per_task_lwf_distils_every_previous_head():
+    from agentlab.learners.avalanche_lwf import per_task_lwf_plugin
+
+    torch.manual_seed(0)
+    prev_model = torch.nn.Linear(6, 4)
+    x, out = torch.randn(5, 6), torch.randn(5, 4)
+    reg = per_task_lwf_plugin(1.0, 2.0).lwf
+    reg.prev_model = prev_model
+    reg.prev_classes_by_task.update({0: {0, 1}, 1: {2, 3}})  # task-IL: two previous heads
+    with torch.no_grad():
+        prev = prev_model(x)
+
+    def kd(cols):
+        logp = torch.log_softmax(out[:, cols] / 2.0, 1)
+        return torch.nn.functional.kl_div(logp, torch.softmax(prev[:, cols] / 2.0, 1), reduction="batchmean")
+
+    expected = (kd([0, 1]) + kd([2, 3])) / 2
+    assert torch.allclose(reg._lwf_penalty(out, x, None), expected)
+    # Avalanche's own regulariser keys the single-head output under task 0 and distils task 0's head alone.
+    from avalanche.training.regularization import LearningWithoutForgetting
+
+    theirs = LearningWithoutForgetting(1.0, 2.0)
+    theirs.prev_model = prev_model
+    theirs.prev_classes_by_task.update({0: {0, 1}, 1: {2, 3}})
+    assert torch.allclose(theirs._lwf_penalty(out, x, None), kd([0, 1]))
