@@ -65,6 +65,7 @@ class AgentStrategy(SupervisedTemplate):
         task_incremental: bool = False,
         on_step: Callable[[float, int], None] | None = None,
         max_steps: int = 0,
+        active_outputs: bool = False,
         **kwargs: Any,
     ) -> None:
         self.agent = agent
@@ -85,6 +86,9 @@ class AgentStrategy(SupervisedTemplate):
         self.classes_by_label: dict[int, tuple[int, ...]] = {}
         self.on_step = on_step
         self.max_steps = max_steps
+        # Without task labels, train over the classes seen so far only (van de Ven & Tolias's "active" units).
+        self.active_outputs = active_outputs
+        self.seen_classes: set[int] = set()
         self._task: Task | None = None
         self._steps_this_exp = 0
 
@@ -144,6 +148,10 @@ class AgentStrategy(SupervisedTemplate):
                 cols = torch.tensor(self.classes_by_label[int(t)], device=logits.device)
                 mask[rows, cols] = 0.0
             logits = logits + mask
+        elif self.is_training and self.active_outputs and self.seen_classes:
+            unseen = torch.ones(logits.shape[-1], dtype=torch.bool, device=logits.device)
+            unseen[torch.tensor(sorted(self.seen_classes), device=logits.device)] = False
+            logits = logits.masked_fill(unseen, float("-inf"))
         loss = self._criterion(logits, self.mb_y)
         if self.is_training and self._task is not None:
             terms = self.agent.loss_terms(Batch(self.mb_x, self.mb_y, self._task.id), self.mb_output)
@@ -159,6 +167,7 @@ class AgentStrategy(SupervisedTemplate):
     # ------------------------------------------------------------------ the agent's hooks
     def _before_training_exp(self, **kwargs: Any) -> None:
         self._task = self.task_of(self.experience)
+        self.seen_classes.update(self._task.classes or ())
         self._steps_this_exp = 0
         self._stop_training = False  # a max_steps stop must not leak into this experience
         if self.task_incremental:

@@ -190,3 +190,23 @@ def test_per_task_lwf_distils_every_previous_head():
     theirs.prev_model = prev_model
     theirs.prev_classes_by_task.update({0: {0, 1}, 1: {2, 3}})
     assert torch.allclose(theirs._lwf_penalty(out, x, None), kd([0, 1]))
+
+
+def test_active_outputs_leave_units_of_unseen_classes_untouched(data_root):
+    from agentlab.context import FitContext
+    from agentlab.learners.avalanche_baseline import AvalancheBaseline, AvalancheConfig
+
+    stream = split_mnist(data_root, scenario="class", max_per_task=40, max_eval_per_task=10)
+    torch.manual_seed(0)
+    agent = Agent(MLP(784, [16], 10))
+    agent.learner = AvalancheBaseline(AvalancheConfig(strategy="naive", batch_size=20, max_steps=3, lr=0.01, active_outputs=True))
+    last = agent.backbone.layers[-1]
+    before = last.weight.detach().clone()
+    ctx = FitContext(generator=torch.Generator().manual_seed(0), task_index=0, n_tasks=5)
+    task0 = stream[0]
+    agent.start_task(task0)
+    agent.learner.fit(agent, task0, ctx)
+    seen = list(task0.classes)
+    unseen = [c for c in range(10) if c not in seen]
+    assert torch.equal(last.weight[unseen], before[unseen])  # -inf logits: zero gradient, Adam leaves them
+    assert not torch.equal(last.weight[seen], before[seen])
