@@ -66,6 +66,7 @@ class AgentStrategy(SupervisedTemplate):
         on_step: Callable[[float, int], None] | None = None,
         max_steps: int = 0,
         active_outputs: bool = False,
+        keep_optimizer: bool = False,
         **kwargs: Any,
     ) -> None:
         self.agent = agent
@@ -89,6 +90,9 @@ class AgentStrategy(SupervisedTemplate):
         # Without task labels, train over the classes seen so far only (van de Ven & Tolias's "active" units).
         self.active_outputs = active_outputs
         self.seen_classes: set[int] = set()
+        # One optimizer (Adam's moments included) over the whole stream, as van de Ven & Tolias's code does by default.
+        self.keep_optimizer = keep_optimizer
+        self._built_optimizer = False
         self._task: Task | None = None
         self._steps_this_exp = 0
 
@@ -160,8 +164,15 @@ class AgentStrategy(SupervisedTemplate):
         return loss
 
     def make_optimizer(self, **kwargs: Any) -> None:
-        """A fresh optimizer over what the agent trains now (plasticity modules freeze what they protect)."""
-        self.optimizer = make_optimizer(self.agent.trainable_parameters(), self.sgd_cfg)
+        """A fresh optimizer over what the agent trains now (plasticity modules freeze what they protect);
+        with `keep_optimizer` the first one is kept while the trained parameters stay the same."""
+        params = list(self.agent.trainable_parameters())
+        if self.keep_optimizer and self._built_optimizer:
+            kept = [p for g in self.optimizer.param_groups for p in g["params"]]
+            if len(kept) == len(params) and all(a is b for a, b in zip(kept, params)):
+                return
+        self._built_optimizer = True
+        self.optimizer = make_optimizer(params, self.sgd_cfg)
         self.optimized_param_id = {n: p for n, p in self.agent.named_parameters()}
 
     # ------------------------------------------------------------------ the agent's hooks

@@ -56,6 +56,8 @@ class AvalancheConfig(SGDConfig):
     T^2-scaled distillation 1 - 1/t on task t (van de Ven & Tolias 2019)"""
     active_outputs: bool = False
     """without task labels, train over the output units of the classes seen so far (van de Ven & Tolias 2019)"""
+    keep_optimizer: bool = False
+    """one optimizer for the whole stream (moments carried across tasks) instead of a fresh one per task"""
     lwf_distill: Literal["avalanche", "per_task"] = "avalanche"
     """LwF: `avalanche` (task-IL: only task 0's classes are distilled) or `per_task` (each previous task's classes on
     their own softmax, averaged: van de Ven & Tolias; equal to avalanche in domain- and class-IL)"""
@@ -155,6 +157,7 @@ class AvalancheBaseline:
         return AgentStrategy(
             agent=agent, plugins=method_plugins(self.cfg, ctx.n_tasks), evaluator=self.evaluator, device=ctx.device,
             task_incremental=bool(task.task_label_at_test), max_steps=self.cfg.max_steps, active_outputs=self.cfg.active_outputs,
+            keep_optimizer=self.cfg.keep_optimizer,
         )
 
     def fit(self, agent: Any, task: Any, ctx: Any) -> None:

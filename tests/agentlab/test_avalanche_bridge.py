@@ -210,3 +210,22 @@ def test_active_outputs_leave_units_of_unseen_classes_untouched(data_root):
     unseen = [c for c in range(10) if c not in seen]
     assert torch.equal(last.weight[unseen], before[unseen])  # -inf logits: zero gradient, Adam leaves them
     assert not torch.equal(last.weight[seen], before[seen])
+
+
+@pytest.mark.parametrize("keep", [True, False])
+def test_keep_optimizer_carries_one_optimizer_across_tasks(data_root, keep):
+    from agentlab.context import FitContext
+    from agentlab.learners.avalanche_baseline import AvalancheBaseline, AvalancheConfig
+
+    stream = split_mnist(data_root, scenario="class", max_per_task=20, max_eval_per_task=10)
+    agent = Agent(MLP(784, [8], 10))
+    agent.learner = AvalancheBaseline(AvalancheConfig(strategy="naive", batch_size=10, max_steps=1, keep_optimizer=keep))
+    optimizers = []
+    for i in range(2):
+        ctx = FitContext(generator=torch.Generator().manual_seed(0), task_index=i, n_tasks=2)
+        agent.start_task(stream[i])
+        agent.learner.fit(agent, stream[i], ctx)
+        agent.end_task(stream[i])
+        optimizers.append(agent.learner.strategy.optimizer)
+    assert (optimizers[0] is optimizers[1]) == keep
+    assert optimizers[1].state  # the second task's steps updated the optimizer that is kept
