@@ -15,7 +15,7 @@ Replay keeps 1,000 examples (reservoir); the paper's table has no replay row.
 
 Each scenario is one run of our loop (`runs/bench/baselines[-quick]/<scenario>/`),
 so its report, TensorBoard events and summary.json are the usual ones.
-Quick mode: 2,000 training / 500 test examples per task, 100 iterations per
+Quick mode: 2,000 training / 500 test examples per task, 50 iterations per
 task on Split MNIST and 25 on Permuted MNIST (300 test examples), same code.
 Metrics: `<method>_<scenario>_acc` (average accuracy after the last task, a
 fraction), scenarios `split_task`, `split_domain`, `split_class`, `permuted`.
@@ -78,7 +78,7 @@ def scenario_table(scenario: str, quick: bool, seed: int) -> dict[str, Any]:
             stream.update(max_per_task=2000, max_eval_per_task=300)
     else:
         stream = {"name": "split-mnist", "scenario": scenario.split("_")[1]}
-        hidden, lr, steps = [400, 400], 0.001, 100 if quick else 2000
+        hidden, lr, steps = [400, 400], 0.001, 50 if quick else 2000
         if quick:
             stream.update(max_per_task=2000, max_eval_per_task=500)
     agents = {m: {"backbone": {"name": "mlp", "hidden": hidden}, "learner": _learner(m, scenario, lr, steps)} for m in METHODS}
