@@ -67,7 +67,7 @@ def run_recipe(
         "data_root": str(data_root) if data_root else None,
         "versions": package_versions(),
     }
-    if not resume:
+    if not resume or not (run_dir / "config.json").is_file():
         atomic_write_text(run_dir / "config.json", json.dumps(jsonable(record), indent=2))
     results: dict[str, RunResult] = {}
     for label, spec in resolved.agents.items():
@@ -82,9 +82,10 @@ def run_recipe(
         agent = recipes.build_agent(label, spec, env)
         agent.to(resolved.loop.device)
         # On resume, TensorBoard drops training events logged after the checkpoint (the re-run repeats them).
+        # An arm with no checkpoint yet starts from nothing, resume or not.
         purge = _checkpoint_step(arm_dir) if resume else None
         logger = TBLogger(arm_dir, purge_step=purge)
-        if not resume:
+        if purge is None:
             hp = flatten_dict({"seed": resolved.seed, "stream": resolved.table["stream"], **spec})
             logger.hparams_table(hp)
         try:

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from agentlab.config import check
+from agentlab.learners.sgd import backward_step
 from agentlab.registry import BuildEnv, register
 from memory.memory_transformer import MemoryTransformer, MemoryTransformerConfig
 
@@ -138,7 +139,7 @@ class MemTransLearnerConfig:
     time_budget_s: float = 0.0
     """stop meta-training after this many seconds (a CPU budget); 0 = no limit"""
     grad_clip: float = 1.0
-    """global gradient-norm clip"""
+    """global gradient-norm clip; 0 = off"""
 
     def __post_init__(self) -> None:
         check(self.episodes >= 0, "episodes", self.episodes, "an integer >= 0")
@@ -189,10 +190,7 @@ class MemTransLearner:
                 shots = c.shots[int(torch.randint(len(c.shots), (1,), generator=ctx.generator))]
                 eps = [sampler.sample(ctx.generator, ways=net.cfg.ways, shots=shots, queries=c.queries) for _ in range(c.batch)]
             loss, acc = self.batch_loss(net, eps, ctx.device)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(list(agent.trainable_parameters()), c.grad_clip)
-            opt.step()
+            backward_step(opt, loss, agent.trainable_parameters(), c.grad_clip)
             agent.after_step(ctx.global_step)
             ctx.step({"episode_ce": float(loss.detach()), "episode_acc": acc}, c.batch)
             self.episodes_done += c.batch

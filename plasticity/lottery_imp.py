@@ -22,6 +22,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
+import torch
+import torch.nn.functional as F
+
 from agentlab.config import check
 from agentlab.evaluate import evaluate
 from agentlab.learners.finetune import require_classification, train_split
@@ -61,8 +64,6 @@ def run_imp(
     agent: Any, task: Any, cfg: IMPConfig, ctx: Any, *, seed: int = 0, on_row: Callable[[dict], None] | None = None
 ) -> list[dict[str, float]]:
     """The IMP loop of the module docstring; returns one row per round."""
-    import torch
-
     lottery = find_lottery(agent)
     train, val = _hold_out(task.train, cfg.validation, seed)
     steps = 0
@@ -81,7 +82,7 @@ def run_imp(
         def on_epoch(epoch: int) -> None:
             if val is None:
                 return
-            loss = _mean_loss(agent, val, task.id, torch)
+            loss = _mean_loss(agent, val, task.id)
             if loss < best["loss"]:
                 best.update(loss=loss, acc=evaluate(agent, task, device=ctx.device).acc, epoch=epoch)
 
@@ -116,8 +117,6 @@ def run_imp(
 
 def _hold_out(split: Any, n: int, seed: int) -> tuple[Any, Any]:
     """(training part, validation part) of `split`: the last `n` of a fixed shuffle held out (n = 0: no validation)."""
-    import torch
-
     if n == 0:
         return split, None
     if n >= len(split):
@@ -126,7 +125,7 @@ def _hold_out(split: Any, n: int, seed: int) -> tuple[Any, Any]:
     return split.subset(order[:-n]), split.subset(order[-n:])
 
 
-def _mean_loss(agent: Any, split: Any, task_id: int, torch: Any) -> float:
+def _mean_loss(agent: Any, split: Any, task_id: int) -> float:
     """Mean cross-entropy of the agent on `split` (the early-stopping criterion)."""
     was_training = agent.training
     agent.eval()
@@ -134,7 +133,7 @@ def _mean_loss(agent: Any, split: Any, task_id: int, torch: Any) -> float:
     with torch.no_grad():
         for batch in split.batches(1000):
             out, _ = agent.predict(batch.x, task_id)
-            total += float(torch.nn.functional.cross_entropy(out, batch.y, reduction="sum"))
+            total += float(F.cross_entropy(out, batch.y, reduction="sum"))
     agent.train(was_training)
     return total / len(split)
 

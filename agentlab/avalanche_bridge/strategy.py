@@ -92,7 +92,6 @@ class AgentStrategy(SupervisedTemplate):
         self.seen_classes: set[int] = set()
         # One optimizer (Adam's moments included) over the whole stream, as van de Ven & Tolias's code does by default.
         self.keep_optimizer = keep_optimizer
-        self._built_optimizer = False
         self._task: Task | None = None
         self._steps_this_exp = 0
 
@@ -165,15 +164,14 @@ class AgentStrategy(SupervisedTemplate):
 
     def make_optimizer(self, **kwargs: Any) -> None:
         """A fresh optimizer over what the agent trains now (plasticity modules freeze what they protect);
-        with `keep_optimizer` the first one is kept while the trained parameters stay the same."""
+        with `keep_optimizer` the current one is kept while it optimises the same parameters."""
         params = list(self.agent.trainable_parameters())
-        if self.keep_optimizer and self._built_optimizer:
+        self.optimized_param_id = {n: p for n, p in self.agent.named_parameters()}
+        if self.keep_optimizer:
             kept = [p for g in self.optimizer.param_groups for p in g["params"]]
             if len(kept) == len(params) and all(a is b for a, b in zip(kept, params)):
                 return
-        self._built_optimizer = True
         self.optimizer = make_optimizer(params, self.sgd_cfg)
-        self.optimized_param_id = {n: p for n, p in self.agent.named_parameters()}
 
     # ------------------------------------------------------------------ the agent's hooks
     def _before_training_exp(self, **kwargs: Any) -> None:

@@ -132,19 +132,11 @@ def bench_baselines(args: BenchArgs, env: BuildEnv) -> BenchResult:
         t0 = time.perf_counter()
         table = scenario_table(scenario, args.quick, args.seed)
         resolved = recipes.resolve(f"baselines-{scenario}", table)
-        results = {}
-        if args.resume:  # completed arms with the same settings are read back; the rest run
-            stale = [m for m in methods if not _reusable(out / scenario / m, table, m)]
+        if args.resume:  # completed arms with the same settings are read back; stale ones run again
             for m in methods:
-                if m in stale and (out / scenario / m).exists():
+                if (out / scenario / m).exists() and not _reusable(out / scenario / m, table, m):
                     shutil.rmtree(out / scenario / m)
-            reused = [m for m in methods if m not in stale]
-            if reused:
-                _, results = run_recipe(resolved, run_dir=out / scenario, data_root=env.data_root, resume=True, only=reused)
-            methods = stale
-        if methods:
-            _, fresh = run_recipe(resolved, run_dir=out / scenario, data_root=env.data_root, only=methods)
-            results.update(fresh)
+        _, results = run_recipe(resolved, run_dir=out / scenario, data_root=env.data_root, resume=args.resume, only=methods)
         for method, r in results.items():
             acc = float(r.metrics["avg_acc"])
             metrics[f"{method}_{scenario}_acc"] = acc

@@ -23,6 +23,7 @@ from agentlab.registry import BuildEnv, register
 from plasticity.adapter import is_population_task
 from scenarios.traces.objective import trace_losses
 from agentlab.learners.base import StatelessLearner
+from agentlab.learners.sgd import backward_step
 
 
 @dataclass(frozen=True)
@@ -75,11 +76,7 @@ class Personalize(StatelessLearner):
         terms = trace_losses(out, batch.y, time_weight=self.cfg.time_weight, error_weight=self.cfg.error_weight)
         extra = agent.loss_terms(batch, out)
         loss = terms["total"] + sum(extra.values()) if extra else terms["total"]
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if self.cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip)
-        opt.step()
+        backward_step(opt, loss, params, self.cfg.grad_clip)
         losses = {k: float(v.detach()) for k, v in terms.items() if k != "total"}
         losses.update({k: float(v.detach()) for k, v in extra.items()})
         losses["total"] = float(loss.detach())

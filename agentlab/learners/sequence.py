@@ -11,15 +11,12 @@ below `threshold` bits per sequence.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any
 
-import time
-
-import torch
-
 from agentlab.config import check
-from agentlab.learners.sgd import OptimizerConfig, make_optimizer
+from agentlab.learners.sgd import OptimizerConfig, backward_step, make_optimizer, with_terms
 from agentlab.registry import BuildEnv, register
 from agentlab.learners.base import StatelessLearner
 
@@ -101,16 +98,10 @@ class SequenceLearner(StatelessLearner):
             logits = agent(b.x, task.id)
             cost = bits_per_sequence(logits, b.y, b.mask)
             terms = agent.loss_terms(b, logits)
-            loss = cost + sum(terms.values()) if terms else cost
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(list(agent.trainable_parameters()), cfg.grad_clip)
-            optimizer.step()
+            loss, losses = with_terms({"bits_per_seq": cost}, terms)
+            backward_step(optimizer, loss, agent.trainable_parameters(), cfg.grad_clip)
             agent.after_step(ctx.global_step)
-            losses = {"bits_per_seq": float(cost.detach()), "max_len": float(curriculum.current)}
-            losses.update({k: float(v.detach()) for k, v in terms.items()})
-            losses["total"] = float(loss.detach())
+            losses["max_len"] = float(curriculum.current)
             curriculum.update(losses["bits_per_seq"])
             ctx.step(losses, len(b))
             self.steps_done += 1

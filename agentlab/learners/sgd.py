@@ -70,10 +70,29 @@ def make_optimizer(params: Iterable[torch.nn.Parameter], cfg: Any) -> torch.opti
 
 def make_schedule(optimizer: torch.optim.Optimizer, cfg: Any, steps: int) -> torch.optim.lr_scheduler.LRScheduler | None:
     """The per-step learning-rate schedule of `cfg.lr_schedule` over `steps` steps (None for a constant rate)."""
-    if getattr(cfg, "lr_schedule", "constant") == "constant":
+    if cfg.lr_schedule == "constant":
         return None
     total = max(1, min(steps, cfg.max_steps) if cfg.max_steps else steps)
     return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
+
+
+def with_terms(losses: Mapping[str, Tensor], terms: Mapping[str, Tensor]) -> tuple[Tensor, dict[str, float]]:
+    """The loss to minimise (the learner's `losses` plus the modules' extra `terms`) and each of them as a
+    float for logging, with the sum under "total"."""
+    loss = sum(losses.values()) + sum(terms.values())
+    logged = {k: float(v.detach()) for k, v in {**losses, **terms}.items()}
+    logged["total"] = float(loss.detach())
+    return loss, logged
+
+
+def backward_step(optimizer: torch.optim.Optimizer, loss: Tensor, params: Iterable[torch.nn.Parameter], grad_clip: float) -> None:
+    """Zero the gradients, backpropagate `loss`, clip the global gradient norm of `params` to `grad_clip`
+    (0 = off; DNC and transformer training diverge without it), take one optimiser step."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(list(params), grad_clip)
+    optimizer.step()
 
 
 def classification_loss(
@@ -120,13 +139,6 @@ def supervised_step(
     agent.train()
     ce, out = classification_loss(agent, batch.x, batch.y, batch.extra.get("task_ids"), task, classes_by_task)
     terms = agent.loss_terms(batch, out)
-    loss = ce + sum(terms.values()) if terms else ce
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    if cfg.grad_clip > 0:
-        torch.nn.utils.clip_grad_norm_(list(agent.trainable_parameters()), cfg.grad_clip)
-    optimizer.step()
-    losses = {"ce": float(ce.detach())}
-    losses.update({k: float(v.detach()) for k, v in terms.items()})
-    losses["total"] = float(loss.detach())
+    loss, losses = with_terms({"ce": ce}, terms)
+    backward_step(optimizer, loss, agent.trainable_parameters(), cfg.grad_clip)
     return losses
