@@ -55,6 +55,7 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--resume", action="store_true",
                    help="reuse the parts an earlier or killed invocation completed with the same settings")
     b.add_argument("--data-root", help="where data sets live")
+    b.add_argument("--device", default="cpu", help="torch device to train on: cpu (default), cuda or cuda:N; benchmarks that stay on the CPU say so in their notes")
     b.add_argument("--threads", type=int, help="PyTorch CPU threads (default: $AGENTLAB_THREADS, else PyTorch's choice)")
 
     from agentlab.fewshot import add_parser as add_fewshot
@@ -137,7 +138,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from agentlab import registry
-    from agentlab.bench import BenchArgs
+    from agentlab.bench import BenchArgs, check_device
     from agentlab.checkpoint import atomic_write_text
     from agentlab.runner import default_data_root
     from agentlab.summary import jsonable, package_versions
@@ -147,14 +148,15 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if (only or args.resume) and not getattr(entry.factory, "supports_parts", False):
         raise UserError(f"benchmark {args.name!r} has no parts: drop --only / --resume (they work with: baselines)")
     root = default_data_root(args.data_root)
-    bargs = BenchArgs(quick=args.quick, seed=args.seed, data_root=str(root), only=only, resume=args.resume)
+    bargs = BenchArgs(quick=args.quick, seed=args.seed, data_root=str(root), only=only, resume=args.resume,
+                      device=check_device(args.device))
     env = registry.BuildEnv(seed=args.seed, data_root=root)
     t0 = time.perf_counter()
     result = entry.factory(bargs, env)
     wall = time.perf_counter() - t0
     mode = "quick" if args.quick else "full"
     body = {"bench": args.name, "mode": mode, "metrics": result.metrics, "rows": result.rows, "goals": result.goals,
-            "notes": result.notes, "wall_s": wall, "seed": args.seed, "versions": package_versions()}
+            "notes": result.notes, "wall_s": wall, "seed": args.seed, "device": _device_name(bargs.device), "versions": package_versions()}
     stem = f"{args.name}{'-quick' if args.quick else ''}"
     if only:  # a partial result never overwrites the whole benchmark's JSON
         stem += "-only-" + "+".join(p.replace("/", "-") for p in only)
@@ -176,6 +178,15 @@ def cmd_bench(args: argparse.Namespace) -> int:
         print(result.notes)
     print(f"JSON: {path}")
     return EXIT_OK
+
+
+def _device_name(device: str) -> str:
+    """What a result JSON records of the device: "cpu", or the GPU's name (timings depend on it)."""
+    import torch
+
+    if device.startswith("cuda"):
+        return f"{device} ({torch.cuda.get_device_name(torch.device(device))})"
+    return device
 
 
 def _fmt(v: object) -> str:

@@ -82,7 +82,7 @@ def run_imp(
         def on_epoch(epoch: int) -> None:
             if val is None:
                 return
-            loss = _mean_loss(agent, val, task.id)
+            loss = _mean_loss(agent, val, task.id, ctx.device)
             if loss < best["loss"]:
                 best.update(loss=loss, acc=evaluate(agent, task, device=ctx.device).acc, epoch=epoch)
 
@@ -125,13 +125,14 @@ def _hold_out(split: Any, n: int, seed: int) -> tuple[Any, Any]:
     return split.subset(order[:-n]), split.subset(order[-n:])
 
 
-def _mean_loss(agent: Any, split: Any, task_id: int) -> float:
+def _mean_loss(agent: Any, split: Any, task_id: int, device: str = "cpu") -> float:
     """Mean cross-entropy of the agent on `split` (the early-stopping criterion)."""
     was_training = agent.training
     agent.eval()
     total = 0.0
     with torch.no_grad():
         for batch in split.batches(1000):
+            batch = batch.to(device)
             out, _ = agent.predict(batch.x, task_id)
             total += float(F.cross_entropy(out, batch.y, reduction="sum"))
     agent.train(was_training)

@@ -46,7 +46,9 @@ def random_positions(candidates: Tensor, n: int, generator: torch.Generator | No
     n = min(n, idx.numel())
     if n <= 0:
         return idx[:0]
-    pick = torch.randperm(idx.numel(), generator=generator, device=idx.device)[:n]
+    # drawn where the generator lives (a private CPU generator keeps rewiring reproducible on any device)
+    where = generator.device if generator is not None else idx.device
+    pick = torch.randperm(idx.numel(), generator=generator, device=where)[:n].to(idx.device)
     return idx[pick]
 
 

@@ -31,6 +31,8 @@ class BenchArgs:
     """run only these parts (benchmark-specific names, e.g. `permuted/ewc`); empty = all parts"""
     resume: bool = False
     """reuse parts a killed or earlier `--only` invocation completed with the same settings"""
+    device: str = "cpu"
+    """torch device the benchmark trains on ("cpu", "cuda", "cuda:1"); benchmarks that ignore it say so"""
 
 
 @dataclass
@@ -62,6 +64,23 @@ def bench_data_root(args: BenchArgs, env: BuildEnv) -> Path:
     from agentlab.runner import default_data_root
 
     return default_data_root()
+
+
+def check_device(device: str) -> str:
+    """`device` if torch can use it, else a UserError that says what is there."""
+    import torch
+
+    from agentlab.errors import UserError
+
+    try:
+        dev = torch.device(device)
+    except RuntimeError as e:
+        raise UserError(f"--device {device!r} is not a torch device ({e}); use cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {device!r}: this torch sees no CUDA GPU; use --device cpu")
+    if dev.type not in ("cpu", "cuda"):
+        raise UserError(f"--device {device!r}: benchmarks run on cpu or cuda")
+    return device
 
 
 def register_bench(name: str, parts: bool = False) -> Callable[[Callable[[BenchArgs, BuildEnv], BenchResult]], Any]:

@@ -42,16 +42,24 @@ def vision_task(dataset: str, root: Path, *, train_n: int = 0, test_n: int = 0) 
     return Task(id=0, name=dataset, kind="classification", train=train, eval=test, classes=tuple(range(10)))
 
 
-def fit_one_task(agent: Any, task: Task, *, seed: int, log: Any = None) -> tuple[float, float]:
-    """Train `agent` (with its learner) on `task`; returns (test accuracy, training seconds)."""
-    ctx = FitContext(generator=torch.Generator().manual_seed(seed), task_index=0, n_tasks=1,
+def fit_one_task(agent: Any, task: Task, *, seed: int, log: Any = None, device: str = "cpu") -> tuple[float, float]:
+    """Train `agent` (with its learner) on `task` on `device`; returns (test accuracy, training seconds)."""
+    ctx = FitContext(generator=torch.Generator().manual_seed(seed), task_index=0, n_tasks=1, device=device,
                      log_scalar=(lambda t, v, s: log.scalar(t, v, s)) if log is not None else (lambda t, v, s: None))
+    agent.to(device)
     t0 = time.perf_counter()
     agent.start_task(task)
     agent.learner.fit(agent, task, ctx)
     agent.end_task(task)
+    sync(device)
     train_s = time.perf_counter() - t0
-    return evaluate(agent, task).acc, train_s
+    return evaluate(agent, task, device=device).acc, train_s
+
+
+def sync(device: str) -> None:
+    """Wait for queued GPU work, so that a wall-clock time covers it."""
+    if str(device).startswith("cuda"):
+        torch.cuda.synchronize(device)
 
 
 def say(msg: str) -> None:

@@ -45,10 +45,11 @@ def bench_lottery(args: BenchArgs, env: BuildEnv) -> BenchResult:
     task = vision_task("mnist", bench_data_root(args, env), train_n=p["train_n"], test_n=p["test_n"])
     torch.manual_seed(args.seed)
     lot = Lottery(LotteryConfig(scope="global", prune_fraction=p["prune"], output_fraction=p["prune_out"]), seed=args.seed)
-    agent = Agent(MLP(784, [300, 100], 10), plasticity=[lot], label="lenet300-100")
+    agent = Agent(MLP(784, [300, 100], 10), plasticity=[lot], label="lenet300-100").to(args.device)
     cfg = IMPConfig(epochs=p["epochs"], lr=1.2e-3, batch_size=60, rounds=p["rounds"], control=True, validation=p["validation"])
     log = TBLogger(tb_dir("lottery", args.quick))
-    ctx = FitContext(generator=torch.Generator().manual_seed(args.seed), task_index=0, n_tasks=1, log_scalar=log.scalar)
+    ctx = FitContext(generator=torch.Generator().manual_seed(args.seed), task_index=0, n_tasks=1, log_scalar=log.scalar,
+                      device=args.device)
     show = lambda r: say(f"lottery: round {r['round']} remaining {100 * r['remaining']:.2f}% ticket {100 * r['ticket_acc']:.2f}% random {100 * r.get('random_acc', float('nan')):.2f}%")
     try:
         rows = run_imp(agent, task, cfg, ctx, seed=args.seed, on_row=show)

@@ -67,7 +67,7 @@ def bench_set_mnist(args: BenchArgs, env: BuildEnv) -> BenchResult:
         for sparse in (True, False):
             agent, s = _agent(p, args.seed, sparse)
             say(f"set-mnist: training {'SET' if sparse else 'dense'} on {dataset} ({len(task.train)} examples, {p['epochs']} epochs)")
-            acc, secs = fit_one_task(agent, task, seed=args.seed)
+            acc, secs = fit_one_task(agent, task, seed=args.seed, device=args.device)
             density = s.scalars()["density/total"] if s else 1.0
             say(f"set-mnist: {dataset} {'SET' if sparse else 'dense'} test acc {100 * acc:.2f}% density {density:.4f} train {secs:.0f}s")
             rows.append({"dataset": dataset, "net": "set" if sparse else "dense", "test_acc": acc, "density": density,

@@ -64,7 +64,7 @@ def bench_supsup_pmnist(args: BenchArgs, env: BuildEnv) -> BenchResult:
     full_tasks = 250
     n = 5 if args.quick else int(os.environ.get("AGENTLAB_SUPSUP_TASKS", full_tasks))
     # Every task is evaluated once, after the last one (T^2 evaluations otherwise).
-    overrides = [f"stream.n_tasks={n}", 'loop.eval_seen="final"']
+    overrides = [f"stream.n_tasks={n}", 'loop.eval_seen="final"', f'loop.device="{args.device}"']
     if args.quick:
         # RAIVNLab/supsup mnist.ipynb: MultitaskFC(hidden_size=300), entropy of the output for inference.
         overrides += ["backbone.hidden=[300, 300]", "backbone.out_features=100", 'plasticity.0.objective="entropy"']
