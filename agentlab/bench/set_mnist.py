@@ -57,7 +57,7 @@ def _log_set(s: SET, log_dir) -> None:
     log.close()
 
 
-@register_bench("set-mnist")
+@register_bench("set-mnist", device=True)
 def bench_set_mnist(args: BenchArgs, env: BuildEnv) -> BenchResult:
     """SET MLP (3 hidden layers, <= 5% connections) on MNIST and Fashion-MNIST against the dense MLP."""
     one_thread()
