@@ -21,7 +21,7 @@ or the label of a support step that is not scored). Memory holds `slots` entries
 (`initial_state`) for every episode, and with `reset = "task"` or "never" the
 learner may carry a state across episodes instead. State is an explicit
 `KVMemoryState`; the module keeps only the last episode's trace (usage, write and
-read weights) for TensorBoard: `memory/memory_transformer/{usage_heatmap,
+read weights over the slots that episode could touch, see `active_slots`) for TensorBoard: `memory/memory_transformer/{usage_heatmap,
 write_locations}` images and the `read_entropy` scalar.
 """
 
@@ -108,6 +108,26 @@ def write(k: Tensor, v: Tensor, w_w: Tensor, state: KVMemoryState, w_r: Tensor, 
     return KVMemoryState(keys, values, usage, state.written | (w_w > 0.5), w_r)
 
 
+def active_slots(state: KVMemoryState, steps: int) -> KVMemoryState:
+    """The first `touched + steps` slots of `state` (touched = 1 + the last slot ever used or written).
+
+    Exact, not an approximation: untouched slots (zero usage) form the tail, the
+    least-used choice takes the lowest index among equal usages, so `steps` steps
+    write only into the first `steps` untouched slots and never read the rest.
+    Cuts the per-step work from `slots` to about T when an episode is short.
+    """
+    touched = (state.usage > 0) | state.written | (state.last_read > 0) | (state.keys != 0).any(-1)  # (B, S)
+    used = touched.any(0).nonzero()
+    n = min(state.usage.shape[1], (int(used.max()) + 1 if used.numel() else 0) + steps)
+    return KVMemoryState(*(v[:, :n] for v in state))
+
+
+def restore_slots(part: KVMemoryState, full: KVMemoryState) -> KVMemoryState:
+    """`part` (the first n slots after an episode) padded back to `full`'s slot count with `full`'s untouched tail."""
+    n = part.usage.shape[1]
+    return KVMemoryState(*(torch.cat([p, f[:, n:]], 1) for p, f in zip(part, full)))
+
+
 class MemoryTransformer(MemoryModule):
     """(B, T, F) -> (B, T, D): causal transformer encoder whose every step reads and writes the external memory."""
 
@@ -157,6 +177,7 @@ class MemoryTransformer(MemoryModule):
             q, k = self.to_q(h), self.to_k(h)
         v = self.to_v(h)
         g = torch.sigmoid(self.write_gate)
+        full, state = state, active_slots(state, t)  # exact: T steps touch at most T untouched slots
         reads, usage_trace, write_trace, read_trace = [], [], [], []
         scale = self.log_read_scale.exp()
         no_read = torch.zeros_like(state.usage)
@@ -173,7 +194,7 @@ class MemoryTransformer(MemoryModule):
             read_trace.append(w_r.detach())
         self.trace = {"usage": torch.stack(usage_trace), "write": torch.stack(write_trace), "read": torch.stack(read_trace, 1)}
         r = torch.stack(reads, dim=1)  # (B, T, D)
-        return self.out_proj(torch.cat([h, r], dim=-1)), state
+        return self.out_proj(torch.cat([h, r], dim=-1)), restore_slots(state, full)
 
     # ------------------------------------------------------------------ lifecycle
     def start_state(self, batch_size: int, device: torch.device | str = "cpu") -> KVMemoryState:

@@ -35,8 +35,8 @@ def test_step_t_reads_what_it_wrote_mann_order():
     torch.manual_seed(0)
     m = MemoryTransformer(MemoryTransformerConfig(in_features=4, dim=8, heads=2, layers=1, slots=6, write_gate_init=-30.0))
     m(torch.randn(1, 3, 4), m.initial_state(1))
-    read = m.trace["read"][0]  # (T, S)
-    assert torch.allclose(read[0], torch.tensor([1.0, 0, 0, 0, 0, 0]))  # step 0 already sees its own write
+    read = m.trace["read"][0]  # (T, slots the episode can touch)
+    assert torch.allclose(read[0], torch.tensor([1.0, 0, 0]))  # step 0 already sees its own write
     assert read[1, :2].sum() > 0.999 and read[1, 2:].sum() == 0  # step 1: slots 0 and 1 only
 
 
@@ -73,3 +73,21 @@ def test_tiny_memtrans_learns_2way_episodes_of_unseen_classes():
     after = learner.evaluate_set(agent, episodes).mean
     print(f"2-way 1-shot on unseen classes: {before:.3f} before, {after:.3f} after {learner.episodes_done} episodes")
     assert after >= 0.85 and after > before + 0.1
+
+
+def test_active_slots_shortcut_is_exact():
+    """Running over only the slots an episode can touch gives the same outputs and state as all 40 slots."""
+    torch.manual_seed(0)
+    big = MemoryTransformer(MemoryTransformerConfig(in_features=4, dim=8, heads=2, layers=1, slots=40))
+    small = MemoryTransformer(MemoryTransformerConfig(in_features=4, dim=8, heads=2, layers=1, slots=12))
+    small.load_state_dict(big.state_dict())  # no parameter depends on the slot count
+    x = torch.randn(2, 12, 4)
+    mask = torch.rand(2, 12) > 0.3
+    y_big, st_big = big(x, big.initial_state(2), write_mask=mask)
+    y_small, st_small = small(x, small.initial_state(2), write_mask=mask)
+    assert torch.allclose(y_big, y_small, atol=1e-6)
+    assert st_big.keys.shape == (2, 40, 8) and torch.allclose(st_big.keys[:, :12], st_small.keys, atol=1e-6)
+    assert st_big.usage[:, 12:].abs().sum() == 0
+    # a second episode carried on the same memory continues after the touched slots
+    y2, st2 = big(x, st_big)
+    assert st2.written.sum(1).tolist() == [int(n) + 12 for n in st_big.written.sum(1)]
