@@ -29,7 +29,7 @@ def magnitude_scalars(layers: dict[str, SparseLayer]) -> dict[str, float]:
         w = layer.weight.detach()[layer.owner >= 0].abs().float()
         if w.numel() == 0:
             continue
-        q = torch.quantile(w[:1_000_000], torch.tensor([0.25, 0.5, 0.75]))
+        q = torch.quantile(w[:1_000_000], torch.tensor([0.25, 0.5, 0.75], device=w.device))
         for tag, v in zip(("p25", "p50", "p75"), q.tolist()):
             out[f"weight_abs_{tag}/{name}"] = v
     return out
@@ -37,7 +37,7 @@ def magnitude_scalars(layers: dict[str, SparseLayer]) -> dict[str, float]:
 
 def histogram_image(values: Tensor, *, bins: int = 48, height: int = 40) -> Tensor:
     """A bar chart (1, height, bins) in [0, 1] of the histogram of `values` (log-scaled counts)."""
-    v = values.detach().flatten().float()
+    v = values.detach().flatten().float().cpu()  # images are CPU tensors whatever the layer's device
     img = torch.zeros(1, height, bins)
     if v.numel() == 0:
         return img

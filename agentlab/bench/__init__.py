@@ -80,14 +80,20 @@ def check_device(device: str) -> str:
         raise UserError(f"--device {device!r}: this torch sees no CUDA GPU; use --device cpu")
     if dev.type not in ("cpu", "cuda"):
         raise UserError(f"--device {device!r}: benchmarks run on cpu or cuda")
+    if dev.type == "cuda":
+        # TF32 matrix products on the GPU (10-bit mantissa inputs, fp32 accumulation): several times the fp32 rate
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
     return device
 
 
-def register_bench(name: str, parts: bool = False) -> Callable[[Callable[[BenchArgs, BuildEnv], BenchResult]], Any]:
-    """Register a benchmark; `parts=True` if it honours `BenchArgs.only` and `BenchArgs.resume`."""
+def register_bench(name: str, parts: bool = False, device: bool = False) -> Callable[[Callable[[BenchArgs, BuildEnv], BenchResult]], Any]:
+    """Register a benchmark; `parts=True` if it honours `BenchArgs.only` and `BenchArgs.resume`,
+    `device=True` if it trains on `BenchArgs.device` (the others refuse `--device` other than cpu)."""
 
     def wrap(fn: Callable[[BenchArgs, BuildEnv], BenchResult]) -> Any:
         fn.supports_parts = parts  # type: ignore[attr-defined]
+        fn.supports_device = device  # type: ignore[attr-defined]
         return register("bench", name, BenchArgs)(fn)
 
     return wrap

@@ -31,7 +31,7 @@ FULL = {"epochs": 8, "rounds": 16, "prune": 0.2, "prune_out": 0.1, "train_n": 0,
 QUICK = {"epochs": 3, "rounds": 5, "prune": 0.5, "prune_out": 0.25, "train_n": 12000, "test_n": 5000, "validation": 2000}
 
 
-@register_bench("lottery")
+@register_bench("lottery", device=True)
 def bench_lottery(args: BenchArgs, env: BuildEnv) -> BenchResult:
     """LeNet 300-100 lottery tickets on MNIST: accuracy against weights remaining, ticket vs random re-init."""
     import torch

@@ -58,7 +58,7 @@ def run_recipe_table(name: str, overrides: list[str], args: BenchArgs) -> dict[s
     return out
 
 
-@register_bench("supsup-pmnist")
+@register_bench("supsup-pmnist", device=True)
 def bench_supsup_pmnist(args: BenchArgs, env: BuildEnv) -> BenchResult:
     """Permuted MNIST, task inferred from one image (GNu): SupSup (FC 1024-1024; quick: FC 300-300)."""
     full_tasks = 250

@@ -37,3 +37,11 @@ def test_mlp_dropout_keeps_linear_names_and_acts_only_in_training():
     assert torch.equal(drop(x), drop(x))
     with pytest.raises(ConfigError, match="dropout"):
         MLPConfig(dropout=1.0)
+
+
+def test_bench_refuses_device_where_it_stays_on_the_cpu(capsys):
+    from agentlab.cli import main
+
+    code = main(["bench", "hopfield-capacity", "--quick", "--device", "cuda"])
+    err = capsys.readouterr().err
+    assert code != 0 and "runs on the CPU only" in err and "set-mnist" in err
