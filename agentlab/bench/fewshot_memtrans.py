@@ -33,7 +33,7 @@ QUICK = {"budget_s": 80.0, "episodes": 960, "test": 50, "shots": [1], "queries":
 FULL = {"budget_s": 420.0, "episodes": 10**8, "test": 1000, "shots": [1, 5], "queries": 5, "per_class": 10, "batch": 8, "batch_cuda": 32}
 
 
-@register_bench("fewshot-memtrans")
+@register_bench("fewshot-memtrans", device=True)
 def bench_fewshot_memtrans(args: BenchArgs, env: BuildEnv) -> BenchResult:
     """Omniglot 5-way 1/5-shot and sequential accuracy of the memory transformer."""
     from agentlab.agent import Agent

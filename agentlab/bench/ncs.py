@@ -57,7 +57,7 @@ def accuracy(model: nn.Module, x: Tensor, y: Tensor) -> float:
     return float(sum((model(x[i : i + 1000]).argmax(-1) == y[i : i + 1000]).sum() for i in range(0, len(x), 1000)) / len(x))
 
 
-@register_bench("ncs")
+@register_bench("ncs", device=True)
 def bench_ncs(args: BenchArgs, env: BuildEnv) -> BenchResult:
     """VQ-VAE compression of MNIST and classification on its tokens (NCS)."""
     from memory.token_classifier import TokenClassifier, encode_all, shifted_codes, train_on_codes
