@@ -6,19 +6,22 @@ Per episode the module reads a sequence x (B, T, F):
 
     h = TransformerEncoder(in_proj(x))  causal self-attention over the steps seen so far  (B, T, D)
     for t = 1..T:                       the external memory, step by step (Santoro et al. 2016, sec. 3)
-        read      w_r = softmax(q_t K^T / sqrt(D)) over written slots,   r_t = w_r V        (B, S), (B, D)
         write     w_w = sigmoid(a) w_r(t-1) + (1 - sigmoid(a)) w_lu(t-1)                     (B, S)
                   w_lu = one-hot of the least-used slot (MANN eq. 6-8, one read head)
                   K <- (1 - w_w) K + w_w k_t^T,   V <- (1 - w_w) V + w_w v_t^T               (overwrite in place)
+        read      w_r = softmax(s cos(q_t, K)) over written slots,   r_t = w_r V            (B, S), (B, D)
+                  (MANN eq. 2-3: cosine similarity; s a learnt inverse temperature)
         usage     u <- gamma u + w_r + w_w                                                   (MANN eq. 5)
     y_t = out_proj([h_t, r_t])                                                               (B, T, D)
 
-Reading precedes writing at every step, so y_t depends on memory written at
-steps < t only. Memory holds `slots` entries (default 500); it starts empty
+As in MANN (M_t = M_{t-1} + w_w a_t, then r_t = sum_i w_r(i) M_t(i)), step t
+writes before it reads, so y_t depends on rows <= t only: a caller must not put
+the answer of step t into row t (the few-shot rows carry the label of step t-1,
+or the label of a support step that is not scored). Memory holds `slots` entries (default 500); it starts empty
 (`initial_state`) for every episode, and with `reset = "task"` or "never" the
 learner may carry a state across episodes instead. State is an explicit
 `KVMemoryState`; the module keeps only the last episode's trace (usage, write and
-read weights) for TensorBoard: `memory/memory_transformer/{usage_heatmap,
+read weights over the slots that episode could touch, see `active_slots`) for TensorBoard: `memory/memory_transformer/{usage_heatmap,
 write_locations}` images and the `read_entropy` scalar.
 """
 
@@ -58,6 +61,8 @@ class MemoryTransformerConfig:
     """when the memory is emptied: every episode, at every task start, or never"""
     write_gate_init: float = -2.0
     """initial logit of the interpolation between last-read and least-used slots (negative: mostly LRU)"""
+    read_scale_init: float = 10.0
+    """initial inverse temperature s of the cosine read (learnt; a sharp read from the first step)"""
     address_features: int = 0
     """>0: read queries and write keys come from separate address features of this size through one
     tied projection (content addressing as in MANN); 0: both from the encoder states"""
@@ -67,6 +72,7 @@ class MemoryTransformerConfig:
             check(getattr(self, key) >= 1, key, getattr(self, key), "an integer >= 1")
         check(self.dim % self.heads == 0, "heads", self.heads, f"a divisor of dim={self.dim}")
         check(0 < self.gamma <= 1, "gamma", self.gamma, "in (0, 1]")
+        check(self.read_scale_init > 0, "read_scale_init", self.read_scale_init, "a number > 0")
 
 
 class KVMemoryState(NamedTuple):
@@ -82,9 +88,12 @@ def least_used(usage: Tensor) -> Tensor:
     return F.one_hot(usage.argmin(-1), usage.shape[-1]).to(usage.dtype)
 
 
-def read(q: Tensor, state: KVMemoryState) -> tuple[Tensor, Tensor]:
-    """Attention read: q (B, D) -> (r (B, D), w_r (B, S)); unwritten slots get zero weight (zero read if none)."""
-    scores = einsum(q, state.keys, "b d, b s d -> b s") / math.sqrt(q.shape[-1])
+def read(q: Tensor, state: KVMemoryState, scale: Tensor | float = 1.0) -> tuple[Tensor, Tensor]:
+    """Cosine-attention read (MANN eq. 2-3): q (B, D) -> (r (B, D), w_r (B, S)); weights softmax(scale * cos(q, K)).
+
+    Unwritten slots get zero weight (a zero read if nothing is written).
+    """
+    scores = scale * einsum(F.normalize(q, dim=-1), F.normalize(state.keys, dim=-1), "b d, b s d -> b s")
     scores = scores.masked_fill(~state.written, float("-inf"))
     w = torch.softmax(scores, dim=-1).nan_to_num(0.0)  # rows with nothing written -> all zeros
     return einsum(w, state.values, "b s, b s d -> b d"), w
@@ -97,6 +106,26 @@ def write(k: Tensor, v: Tensor, w_w: Tensor, state: KVMemoryState, w_r: Tensor, 
     values = keep * state.values + w_w[..., None] * v[:, None]
     usage = gamma * state.usage + w_r + w_w
     return KVMemoryState(keys, values, usage, state.written | (w_w > 0.5), w_r)
+
+
+def active_slots(state: KVMemoryState, steps: int) -> KVMemoryState:
+    """The first `touched + steps` slots of `state` (touched = 1 + the last slot ever used or written).
+
+    Exact, not an approximation: untouched slots (zero usage) form the tail, the
+    least-used choice takes the lowest index among equal usages, so `steps` steps
+    write only into the first `steps` untouched slots and never read the rest.
+    Cuts the per-step work from `slots` to about T when an episode is short.
+    """
+    touched = (state.usage > 0) | state.written | (state.last_read > 0) | (state.keys != 0).any(-1)  # (B, S)
+    used = touched.any(0).nonzero()
+    n = min(state.usage.shape[1], (int(used.max()) + 1 if used.numel() else 0) + steps)
+    return KVMemoryState(*(v[:, :n] for v in state))
+
+
+def restore_slots(part: KVMemoryState, full: KVMemoryState) -> KVMemoryState:
+    """`part` (the first n slots after an episode) padded back to `full`'s slot count with `full`'s untouched tail."""
+    n = part.usage.shape[1]
+    return KVMemoryState(*(torch.cat([p, f[:, n:]], 1) for p, f in zip(part, full)))
 
 
 class MemoryTransformer(MemoryModule):
@@ -117,6 +146,7 @@ class MemoryTransformer(MemoryModule):
             # already finds the slots written with similar address features
             self.address = nn.Sequential(nn.LayerNorm(cfg.address_features), nn.Linear(cfg.address_features, d))
         self.write_gate = nn.Parameter(torch.tensor(cfg.write_gate_init))
+        self.log_read_scale = nn.Parameter(torch.tensor(math.log(cfg.read_scale_init)))
         self.out_proj = nn.Sequential(nn.LayerNorm(2 * d), nn.Linear(2 * d, d))
         self.trace: dict[str, Tensor] = {}
         self.carried: KVMemoryState | None = None
@@ -147,20 +177,24 @@ class MemoryTransformer(MemoryModule):
             q, k = self.to_q(h), self.to_k(h)
         v = self.to_v(h)
         g = torch.sigmoid(self.write_gate)
+        full, state = state, active_slots(state, t)  # exact: T steps touch at most T untouched slots
         reads, usage_trace, write_trace, read_trace = [], [], [], []
+        scale = self.log_read_scale.exp()
+        no_read = torch.zeros_like(state.usage)
         for i in range(t):
-            r, w_r = read(q[:, i], state)
             w_w = g * state.last_read + (1 - g) * least_used(state.usage)  # MANN eq. 8
             if write_mask is not None:
                 w_w = w_w * write_mask[:, i, None].to(w_w.dtype)
-            state = write(k[:, i], v[:, i], w_w, state, w_r, self.cfg.gamma)
+            state = write(k[:, i], v[:, i], w_w, state, no_read, self.cfg.gamma)  # MANN eq. 4: write, then
+            r, w_r = read(q[:, i], state, scale)  # read the memory just written (MANN eq. 3)
+            state = state._replace(usage=state.usage + w_r, last_read=w_r)  # MANN eq. 5: usage += w_r
             reads.append(r)
             usage_trace.append(state.usage[0].detach())
             write_trace.append(w_w[0].detach())
             read_trace.append(w_r.detach())
         self.trace = {"usage": torch.stack(usage_trace), "write": torch.stack(write_trace), "read": torch.stack(read_trace, 1)}
         r = torch.stack(reads, dim=1)  # (B, T, D)
-        return self.out_proj(torch.cat([h, r], dim=-1)), state
+        return self.out_proj(torch.cat([h, r], dim=-1)), restore_slots(state, full)
 
     # ------------------------------------------------------------------ lifecycle
     def start_state(self, batch_size: int, device: torch.device | str = "cpu") -> KVMemoryState:

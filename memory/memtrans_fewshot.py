@@ -21,6 +21,7 @@ protocols can be mixed. Memory starts empty for every episode (`reset = "episode
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -92,30 +93,45 @@ def _img(x: Tensor, device: str) -> Tensor:
     return x.float() / 255 if x.dtype == torch.uint8 else x.float()
 
 
-def standard_rows(net: MemTransNet, ep: Any, device: str) -> tuple[Tensor, Tensor, Tensor, int]:
-    """(rows (1, T, F), write mask (1, T), blocked attention (T, T), number of support steps) of an N-way K-shot episode."""
+def embed_all(net: MemTransNet, images: list[Tensor], device: str) -> list[Tensor]:
+    """Embed several image batches in one Conv-4 call (one batch-norm batch): [(n_i, C, H, W)] -> [(n_i, E)]."""
+    z = net.embed(torch.cat([_img(x, device) for x in images]))
+    return list(z.split([x.shape[0] for x in images]))
+
+
+def standard_rows(net: MemTransNet, eps: list[Any], device: str) -> tuple[Tensor, Tensor, Tensor, int]:
+    """(rows (B, T, F), write mask (B, T), blocked attention (T, T), number of support steps S) of B N-way K-shot
+    episodes of one size: support rows [e(x), e(x), onehot(y)] write, query rows [e(x), 0, 0] do not."""
     n = net.cfg.ways
-    xs, xq = _img(ep.support_x, device), _img(ep.query_x, device)
-    z = net.embed(torch.cat([xs, xq]))  # (S+Q, E)
-    s = xs.shape[0]
-    zs, zq = z[:s], z[s:]
-    lab = F.one_hot(ep.support_y.to(device), n).float()
-    support = torch.cat([zs, zs, lab], -1)
-    query = torch.cat([zq, torch.zeros_like(zq), torch.zeros(zq.shape[0], n, device=device)], -1)
-    rows = torch.cat([support, query])[None]  # (1, T, F)
-    t = rows.shape[1]
-    write = torch.zeros(1, t, dtype=torch.bool, device=device)
+    z = embed_all(net, [x for ep in eps for x in (ep.support_x, ep.query_x)], device)
+    s = eps[0].support_x.shape[0]
+    rows = []
+    for ep, zs, zq in zip(eps, z[0::2], z[1::2]):
+        support = torch.cat([zs, zs, F.one_hot(ep.support_y.to(device), n).float()], -1)
+        query = torch.cat([zq, torch.zeros_like(zq), zq.new_zeros(zq.shape[0], n)], -1)
+        rows.append(torch.cat([support, query]))
+    rows_t = torch.stack(rows)  # (B, T, F)
+    b, t = rows_t.shape[:2]
+    write = torch.zeros(b, t, dtype=torch.bool, device=device)
     write[:, :s] = True
     idx = torch.arange(t, device=device)
     allowed = (idx[None, :] < s) & (idx[None, :] <= idx[:, None]) | (idx[None, :] == idx[:, None])
-    return rows, write, ~allowed, s
+    return rows_t, write, ~allowed, s
 
 
-def sequential_rows(net: MemTransNet, ep: Any, device: str) -> Tensor:
-    """rows (1, T, F) of a MANN sequential episode: [e(x_t), e(x_{t-1}), onehot(y_{t-1})]."""
-    z = net.embed(_img(ep.x, device))  # (T, E)
-    prev = torch.cat([torch.zeros_like(z[:1]), z[:-1]])
-    return torch.cat([z, prev, ep.prev_label.to(device).float()], -1)[None]
+def sequential_rows(net: MemTransNet, eps: list[Any], device: str) -> tuple[Tensor, Tensor]:
+    """(rows (B, T, F), write mask (B, T)) of B MANN sequential episodes: row t = [e(x_t), e(x_{t-1}), onehot(y_{t-1})].
+
+    Row t writes the binding (x_{t-1}, y_{t-1}) revealed at step t; row 0 has nothing to bind and does not write.
+    """
+    rows = []
+    for ep, z in zip(eps, embed_all(net, [ep.x for ep in eps], device)):
+        prev = torch.cat([torch.zeros_like(z[:1]), z[:-1]])
+        rows.append(torch.cat([z, prev, ep.prev_label.to(device).float()], -1))
+    rows_t = torch.stack(rows)
+    write = torch.ones(rows_t.shape[:2], dtype=torch.bool, device=device)
+    write[:, 0] = False
+    return rows_t, write
 
 
 @dataclass(frozen=True)
@@ -140,11 +156,14 @@ class MemTransLearnerConfig:
     """stop meta-training after this many seconds (a CPU budget); 0 = no limit"""
     grad_clip: float = 1.0
     """global gradient-norm clip; 0 = off"""
+    cosine_lr: bool = False
+    """anneal the learning rate to 0 along a cosine over the run's progress (the larger of the episode and time fractions)"""
 
     def __post_init__(self) -> None:
         check(self.episodes >= 0, "episodes", self.episodes, "an integer >= 0")
         check(self.batch >= 1, "batch", self.batch, "an integer >= 1")
         check(self.lr > 0, "lr", self.lr, "a number > 0")
+        check(self.time_budget_s >= 0, "time_budget_s", self.time_budget_s, "a number >= 0")
         check(all(s >= 1 for s in self.shots) and len(self.shots) > 0, "shots", self.shots, "a non-empty list of integers >= 1")
 
 
@@ -158,16 +177,21 @@ class MemTransLearner:
         self.episodes_done = 0
         self.train_s = 0.0
 
+    @staticmethod
+    def logits(net: MemTransNet, eps: list[Any], device: str) -> Tensor:
+        """Logits of B episodes of one kind and size: (B, T, N) per step (sequential) or (B, Q, N) per query."""
+        if getattr(eps[0], "protocol", "standard") == "sequential":
+            rows, write = sequential_rows(net, eps, device)
+            return net.run(rows, write)
+        rows, write, blocked, s = standard_rows(net, eps, device)
+        return net.run(rows, write, blocked)[:, s:]
+
     def batch_loss(self, net: MemTransNet, eps: list[Any], device: str) -> tuple[Tensor, float]:
         """Mean cross-entropy and accuracy over episodes of one kind and size, run as one (B, T, F) batch."""
+        logits = self.logits(net, eps, device)  # (B, T, N) or (B, Q, N)
         if getattr(eps[0], "protocol", "standard") == "sequential":
-            logits = net.run(torch.cat([sequential_rows(net, ep, device) for ep in eps]))  # (B, T, N)
             y = torch.stack([ep.y for ep in eps]).to(device)
         else:
-            parts = [standard_rows(net, ep, device) for ep in eps]
-            rows, write = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
-            s = parts[0][3]
-            logits = net.run(rows, write, parts[0][2])[:, s:]  # (B, Q, N)
             y = torch.stack([ep.query_y for ep in eps]).to(device)
         loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
         return loss, float((logits.argmax(-1) == y).float().mean())
@@ -180,8 +204,14 @@ class MemTransLearner:
         opt = torch.optim.Adam(agent.trainable_parameters(), lr=c.lr)
         agent.train()
         start = time.perf_counter()
-        step = 0
+        step, first = 0, self.episodes_done
         while self.episodes_done < c.episodes:
+            if c.cosine_lr:
+                done = (self.episodes_done - first) / max(c.episodes - first, 1)
+                if c.time_budget_s:
+                    done = max(done, (time.perf_counter() - start) / c.time_budget_s)
+                for group in opt.param_groups:
+                    group["lr"] = c.lr * 0.5 * (1 + math.cos(math.pi * min(done, 1.0)))
             # one kind and one size per step, so the episodes stack into one batch
             kind = c.protocol if c.protocol != "both" else ("standard", "sequential")[step % 2]
             if kind == "sequential":
@@ -192,7 +222,8 @@ class MemTransLearner:
             loss, acc = self.batch_loss(net, eps, ctx.device)
             backward_step(opt, loss, agent.trainable_parameters(), c.grad_clip)
             agent.after_step(ctx.global_step)
-            ctx.step({"episode_ce": float(loss.detach()), "episode_acc": acc}, c.batch)
+            ce = float(loss.detach())
+            ctx.step({"episode_ce": ce, "total": ce, "episode_acc": acc}, c.batch)
             self.episodes_done += c.batch
             step += 1
             if c.time_budget_s and time.perf_counter() - start > c.time_budget_s:
@@ -200,11 +231,42 @@ class MemTransLearner:
         self.train_s = time.perf_counter() - start
 
     def predict_episode(self, agent: Any, episode: Any, device: str = "cpu") -> Tensor:
-        net: MemTransNet = agent.backbone
-        if getattr(episode, "protocol", "standard") == "sequential":
-            return net.run(sequential_rows(net, episode, device))[0]
-        rows, write, blocked, s = standard_rows(net, episode, device)
-        return net.run(rows, write, blocked)[0, s:]
+        return self.logits(agent.backbone, [episode], device)[0]
+
+    @torch.no_grad()
+    def evaluate_set(self, agent: Any, episodes: Any, device: str = "cpu", batch: int = 50) -> Any:
+        """The episode evaluator's `EpisodeReport` over a fixed `EpisodeSet`, `batch` episodes per forward pass.
+
+        Same figures as `scenarios.episode_eval.evaluate_episodes` (each episode starts from an empty
+        memory; batch norm in evaluation mode, so an episode's logits do not depend on its batch), faster.
+        """
+        from scenarios.episode_eval import EpisodeReport, reset_memories
+        from scenarios.episodes import accuracy_by_sighting
+
+        was_training = agent.training
+        agent.eval()
+        report = EpisodeReport([])
+        try:
+            for lo in range(0, len(episodes), batch):
+                eps = [episodes[i] for i in range(lo, min(lo + batch, len(episodes)))]
+                reset_memories(agent)
+                correct = (self.logits(agent.backbone, eps, device).argmax(-1).cpu() ==
+                           torch.stack([getattr(ep, "query_y", None) if ep.protocol == "standard" else ep.y for ep in eps])).float()
+                report.accs += correct.mean(1).tolist()
+                if eps[0].protocol == "sequential":
+                    report.protocol = "sequential"
+                    sighting = torch.cat([ep.sighting for ep in eps])
+                    hits, counts = accuracy_by_sighting(correct.reshape(-1), sighting, int(sighting.max()) + 1)
+                    if report.sighting_hits is None:
+                        report.sighting_hits, report.sighting_counts = hits, counts
+                    else:
+                        p = max(hits.shape[0], report.sighting_hits.shape[0])
+                        pad = lambda v: F.pad(v, (0, p - v.shape[0]))  # noqa: E731
+                        report.sighting_hits = pad(report.sighting_hits) + pad(hits)
+                        report.sighting_counts = pad(report.sighting_counts) + pad(counts)
+        finally:
+            agent.train(was_training)
+        return report
 
     def state_dict(self) -> dict[str, Any]:
         return {"episodes_done": self.episodes_done}
