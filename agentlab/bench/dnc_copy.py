@@ -32,6 +32,14 @@ from agentlab.seeding import seed_everything
 
 DNC_SIZE = dict(memory_size=64, word_size=32, num_reads=4, num_writes=1, hidden_size=128)
 PARTS = ("copy", "lstm", "repeat_copy", "recall")
+# The DNC's controller per part. Copy and recall use the feed-forward controller: with an LSTM
+# controller the curriculum stalls at max length 3-5 because the controller memorises short
+# patterns in its own state (a shortcut that stops paying off beyond a few steps, by when the
+# memory path has had no gradient pressure); a feed-forward controller has no state, so it can
+# only solve the task through the memory, and it learns the write-allocate / read-forward
+# solution within ~1,500 steps (docs/memory-dnc-hopfield.md has the figures). Repeat-copy needs
+# a repeat counter, which a stateless controller lacks, so it keeps the LSTM.
+CONTROLLER = {"copy": "feedforward", "repeat_copy": "lstm", "recall": "feedforward"}
 
 
 def matched_lstm_width(target: int, i: int, o: int) -> int:
@@ -72,13 +80,13 @@ def train_and_eval(backbone: torch.nn.Module, task: Any, cfg: SequenceConfig, se
     return out
 
 
-def steps_per_second(seed: int, n: int = 10) -> float:
+def steps_per_second(seed: int, n: int = 10, controller: str = "lstm") -> float:
     """Optimiser steps per second, DNC at batch 16 on copy sequences of length 20, on the CPU."""
     from memory.dnc import DNC
     from scenarios.algorithmic import SequenceTaskSpec, bits_per_sequence
 
     torch.manual_seed(seed)
-    m = DNC(input_size=10, output_size=8, **DNC_SIZE)
+    m = DNC(input_size=10, output_size=8, controller=controller, **DNC_SIZE)
     opt = torch.optim.Adam(m.parameters(), lr=1e-4)
     b = SequenceTaskSpec("copy", 8).sample(torch.Generator().manual_seed(seed), 16, 20, 20)
 
@@ -121,23 +129,24 @@ def bench_dnc_copy(args: BenchArgs, env: BuildEnv) -> BenchResult:
     seq = lambda key: SequenceConfig(steps=budget[key][0], time_budget_s=budget[key][1], batch_size=batch, lr=1e-3,  # noqa: E731
                                      grad_clip=10.0, start_len=2, threshold=1.0, check_every=50)
 
-    def dnc() -> torch.nn.Module:
-        core = make_dnc(DNCConfig(**DNC_SIZE), 10, 8)
+    def dnc(controller: str) -> torch.nn.Module:
+        core = make_dnc(DNCConfig(**DNC_SIZE, controller=controller), 10, 8)  # type: ignore[arg-type]
         return DNCSequenceModel(core.compile_step() if on_gpu else core)
 
-    n_dnc = n_params(dnc())
+    n_dnc = n_params(dnc(CONTROLLER["copy"]))
     h = matched_lstm_width(n_dnc, 10, 8)
     rows, res = [], {}
-    for key, model, task in (("copy", dnc, stream[0]), ("lstm", lambda: LSTMSequenceModel(10, 8, h), stream[0]),
-                             ("repeat_copy", dnc, stream[1]), ("recall", dnc, recall_stream[0])):
+    for key, task in (("copy", stream[0]), ("lstm", stream[0]), ("repeat_copy", stream[1]), ("recall", recall_stream[0])):
         if key not in parts:
             continue
-        log(f"training {key} ({task.name}) on {device}, batch {batch}, budget {budget[key][1]:.0f} s")
-        m = model()
+        kind = "lstm" if key == "lstm" else f"dnc-{CONTROLLER[key]}"
+        log(f"training {kind} on {task.name} on {device}, batch {batch}, budget {budget[key][1]:.0f} s")
+        m = LSTMSequenceModel(10, 8, h) if key == "lstm" else dnc(CONTROLLER[key])
         res[key] = train_and_eval(m, task, seq(key), args.seed, log, device)
-        rows.append({"model": "lstm" if key == "lstm" else "dnc", "task": task.name, "params": n_params(m), **res[key]})
+        rows.append({"model": kind, "task": task.name, "params": n_params(m), **res[key]})
     metrics: dict[str, float] = {"steps_per_s": steps_per_second(args.seed, 3 if q else 10), "dnc_params": float(n_dnc),
-                                 "lstm_params": float(4 * h * (10 + h + 2) + (h + 1) * 8)}
+                                 "lstm_params": float(4 * h * (10 + h + 2) + (h + 1) * 8),
+                                 "steps_per_s_feedforward": steps_per_second(args.seed, 3 if q else 10, "feedforward")}
     if "copy" in res:
         metrics.update(bits_per_seq=res["copy"]["bits_per_seq"], bits_per_seq_2x=res["copy"]["bits_per_seq_gen"])
     if "lstm" in res:
