@@ -54,7 +54,7 @@ def budgets(quick: bool, device: str) -> tuple[dict[str, tuple[int, float]], int
     if quick:
         return {"copy": (150, 20), "lstm": (150, 12), "repeat_copy": (60, 12), "recall": (60, 12)}, 16
     if torch.device(device).type == "cuda":
-        return {"copy": (100000, 300), "lstm": (100000, 60), "repeat_copy": (100000, 150), "recall": (100000, 150)}, 64
+        return {"copy": (100000, 300), "lstm": (100000, 60), "repeat_copy": (100000, 120), "recall": (100000, 120)}, 64
     return {"copy": (100000, 2400), "lstm": (100000, 600), "repeat_copy": (100000, 600), "recall": (100000, 600)}, 16
 
 
