@@ -6,12 +6,19 @@ budget, whichever ends first; the cost is in bits per sequence at the trained
 lengths and at 21-40 (generalisation). The LSTM's width is chosen so that its
 parameter count is close to the DNC's. Speed: optimiser steps per second at batch
 16 on copy sequences of length 20 (41 time steps), 64 slots of width 32,
-4 read heads, 1 write head, one CPU thread.
+4 read heads, 1 write head, one CPU thread (always on the CPU, whatever the device).
+
+`--device cuda` trains on the GPU with a larger batch and torch.compile'd DNC steps
+(a Python time loop of small operations is launch-bound there; AGENTLAB_DNC_COMPILE=0
+keeps them eager) and shorter wall-clock budgets (the lent GPU allows 10 minutes a
+command); `--only copy,lstm` and `--only repeat_copy,recall` split the full mode over
+two commands.
 """
 
 from __future__ import annotations
 
 import math
+import os
 import time
 from typing import Any
 
@@ -20,11 +27,21 @@ import torch
 from agentlab.agent import Agent
 from agentlab.bench import BenchArgs, BenchResult, n_params, register_bench
 from agentlab.context import FitContext
+from agentlab.errors import UserError
 from agentlab.learners.sequence import SequenceConfig, SequenceLearner
 from agentlab.registry import BuildEnv
 from agentlab.seeding import seed_everything
 
 DNC_SIZE = dict(memory_size=64, word_size=32, num_reads=4, num_writes=1, hidden_size=128)
+PARTS = ("copy", "lstm", "repeat_copy", "recall")
+# The DNC's controller per part. Copy and recall use the feed-forward controller: with an LSTM
+# controller the curriculum stalls at max length 3-5 because the controller memorises short
+# patterns in its own state (a shortcut that stops paying off beyond a few steps, by when the
+# memory path has had no gradient pressure); a feed-forward controller has no state, so it can
+# only solve the task through the memory, and it learns the write-allocate / read-forward
+# solution within ~1,500 steps (docs/memory-dnc-hopfield.md has the figures). Repeat-copy needs
+# a repeat counter, which a stateless controller lacks, so it keeps the LSTM.
+CONTROLLER = {"copy": "feedforward", "repeat_copy": "lstm", "recall": "feedforward"}
 
 
 def matched_lstm_width(target: int, i: int, o: int) -> int:
@@ -32,12 +49,21 @@ def matched_lstm_width(target: int, i: int, o: int) -> int:
     return min(range(8, 2048), key=lambda h: abs(4 * h * (i + h + 2) + (h + 1) * o - target))
 
 
-def train_and_eval(backbone: torch.nn.Module, task: Any, cfg: SequenceConfig, seed: int, log: Any) -> dict[str, float]:
+def budgets(quick: bool, device: str) -> tuple[dict[str, tuple[int, float]], int]:
+    """(max steps, seconds) per part, and the batch size, for the mode and device."""
+    if quick:
+        return {"copy": (150, 20), "lstm": (150, 12), "repeat_copy": (60, 12), "recall": (60, 12)}, 16
+    if torch.device(device).type == "cuda":
+        return {"copy": (100000, 300), "lstm": (100000, 60), "repeat_copy": (100000, 120), "recall": (100000, 120)}, 64
+    return {"copy": (100000, 2400), "lstm": (100000, 600), "repeat_copy": (100000, 600), "recall": (100000, 600)}, 16
+
+
+def train_and_eval(backbone: torch.nn.Module, task: Any, cfg: SequenceConfig, seed: int, log: Any, device: str = "cpu") -> dict[str, float]:
     from scenarios.algorithmic import evaluate_sequence
 
     seed_everything(seed)
-    agent = Agent(backbone, learner=SequenceLearner(cfg))
-    ctx = FitContext(generator=torch.Generator().manual_seed(seed), task_index=0, n_tasks=1, log_every=10**9)
+    agent = Agent(backbone.to(device), learner=SequenceLearner(cfg))
+    ctx = FitContext(generator=torch.Generator().manual_seed(seed), task_index=0, n_tasks=1, device=device, log_every=10**9)
     t0 = time.perf_counter()
     last = {"t": t0}
 
@@ -50,19 +76,19 @@ def train_and_eval(backbone: torch.nn.Module, task: Any, cfg: SequenceConfig, se
     ctx.progress = progress
     agent.learner.fit(agent, task, ctx)
     train_s = time.perf_counter() - t0
-    res = evaluate_sequence(agent, task, batch_size=50)
+    res = evaluate_sequence(agent, task, batch_size=50, device=device)
     out = {"train_s": train_s, "steps": agent.learner.steps_done, "max_len_reached": agent.learner.last_max_len, **res.extra}
     log(f"  done: {out}")
     return out
 
 
-def steps_per_second(seed: int, n: int = 10) -> float:
-    """Optimiser steps per second, DNC at batch 16 on copy sequences of length 20."""
+def steps_per_second(seed: int, n: int = 10, controller: str = "lstm") -> float:
+    """Optimiser steps per second, DNC at batch 16 on copy sequences of length 20, on the CPU."""
     from memory.dnc import DNC
     from scenarios.algorithmic import SequenceTaskSpec, bits_per_sequence
 
     torch.manual_seed(seed)
-    m = DNC(input_size=10, output_size=8, **DNC_SIZE)
+    m = DNC(input_size=10, output_size=8, controller=controller, **DNC_SIZE)
     opt = torch.optim.Adam(m.parameters(), lr=1e-4)
     b = SequenceTaskSpec("copy", 8).sample(torch.Generator().manual_seed(seed), 16, 20, 20)
 
@@ -81,47 +107,63 @@ def steps_per_second(seed: int, n: int = 10) -> float:
     return n / (time.perf_counter() - t0)
 
 
-@register_bench("dnc-copy")
+@register_bench("dnc-copy", parts=True)
 def bench_dnc_copy(args: BenchArgs, env: BuildEnv) -> BenchResult:
     """DNC vs LSTM on copy / repeat-copy (bits per sequence, lengths 1-20 and 21-40), recall, speed."""
-    from memory.dnc.modules import DNCSequenceModel, LSTMSequenceModel, make_dnc, DNCConfig
+    from memory.dnc.modules import DNCConfig, DNCSequenceModel, LSTMSequenceModel, make_dnc
     from scenarios.algorithmic import AlgorithmicConfig, algorithmic_stream
 
+    if args.resume:
+        raise UserError("dnc-copy has no --resume: run its parts separately with --only (copy, lstm, repeat_copy, recall)")
+    unknown = [p for p in args.only if p not in PARTS]
+    if unknown:
+        raise UserError(f"dnc-copy --only {unknown}: its parts are {list(PARTS)}")
+    parts = [p for p in PARTS if not args.only or p in args.only]
     torch.set_num_threads(1)
     log = lambda s: print(s, flush=True)  # noqa: E731
-    q = args.quick
-    # (max steps, seconds) per model; the quick mode trains on short lengths to fit in 2 minutes
-    budget = {"copy": (150, 20), "lstm": (150, 12), "repeat_copy": (60, 12), "recall": (60, 12)} if q else \
-             {"copy": (100000, 2400), "lstm": (100000, 600), "repeat_copy": (100000, 600), "recall": (100000, 600)}
+    q, device = args.quick, args.device
+    on_gpu = torch.device(device).type == "cuda"
+    compile_steps = on_gpu and os.environ.get("AGENTLAB_DNC_COMPILE", "1") != "0"
+    budget, batch = budgets(q, device)
     lens = dict(max_len=4, gen_min_len=5, gen_max_len=8, n_eval=20) if q else dict(max_len=20, gen_min_len=21, gen_max_len=40, n_eval=100)
     stream = algorithmic_stream(AlgorithmicConfig(tasks=["copy", "repeat_copy", "recall"], bits=8, min_len=1, **lens))
     recall_stream = algorithmic_stream(AlgorithmicConfig(tasks=["recall"], bits=8, min_len=2, max_len=min(lens["max_len"], 6),
                                                          gen_min_len=7 if not q else 5, gen_max_len=12 if not q else 6, n_eval=lens["n_eval"]))
-    seq = lambda key, **kw: SequenceConfig(steps=budget[key][0], time_budget_s=budget[key][1], batch_size=16, lr=1e-3,  # noqa: E731
-                                           grad_clip=10.0, start_len=2, threshold=1.0, check_every=50, **kw)
-    dnc = lambda: DNCSequenceModel(make_dnc(DNCConfig(**DNC_SIZE), 10, 8))  # noqa: E731
-    n_dnc = n_params(dnc())
+    seq = lambda key: SequenceConfig(steps=budget[key][0], time_budget_s=budget[key][1], batch_size=batch, lr=1e-3,  # noqa: E731
+                                     grad_clip=10.0, start_len=2, threshold=1.0, check_every=50)
+
+    def dnc(controller: str) -> torch.nn.Module:
+        core = make_dnc(DNCConfig(**DNC_SIZE, controller=controller), 10, 8)  # type: ignore[arg-type]
+        return DNCSequenceModel(core.compile_step() if compile_steps else core)
+
+    n_dnc = n_params(dnc(CONTROLLER["copy"]))
     h = matched_lstm_width(n_dnc, 10, 8)
     rows, res = [], {}
-    for key, model, task in (("copy", dnc, stream[0]), ("lstm", lambda: LSTMSequenceModel(10, 8, h), stream[0]),
-                             ("repeat_copy", dnc, stream[1]), ("recall", dnc, recall_stream[0])):
-        log(f"training {key} ({task.name})")
-        m = model()
-        res[key] = train_and_eval(m, task, seq(key), args.seed, log)
-        rows.append({"model": "lstm" if key == "lstm" else "dnc", "task": task.name, "params": n_params(m), **res[key]})
-    sps = steps_per_second(args.seed, 3 if q else 10)
-    metrics = {
-        "bits_per_seq": res["copy"]["bits_per_seq"],
-        "bits_per_seq_2x": res["copy"]["bits_per_seq_gen"],
-        "lstm_bits_per_seq_2x": res["lstm"]["bits_per_seq_gen"],
-        "steps_per_s": sps,
-        "recall_bits_per_seq": res["recall"]["bits_per_seq"],
-        "repeat_copy_bits_per_seq": res["repeat_copy"]["bits_per_seq"],
-        "dnc_params": float(n_dnc),
-        "lstm_params": float(rows[1]["params"]),
-    }
-    goal = metrics["bits_per_seq"] < 0.01
-    goals = {"copy cost < 0.01 bits per sequence (trained lengths)": "met" if goal else f"NOT met ({metrics['bits_per_seq']:.3g})",
-             "no NaN": "met" if all(math.isfinite(v) for v in metrics.values()) else "NOT met"}
+    for key, task in (("copy", stream[0]), ("lstm", stream[0]), ("repeat_copy", stream[1]), ("recall", recall_stream[0])):
+        if key not in parts:
+            continue
+        kind = "lstm" if key == "lstm" else f"dnc-{CONTROLLER[key]}"
+        log(f"training {kind} on {task.name} on {device}, batch {batch}, budget {budget[key][1]:.0f} s")
+        m = LSTMSequenceModel(10, 8, h) if key == "lstm" else dnc(CONTROLLER[key])
+        res[key] = train_and_eval(m, task, seq(key), args.seed, log, device)
+        rows.append({"model": kind, "task": task.name, "params": n_params(m), **res[key]})
+    metrics: dict[str, float] = {"steps_per_s": steps_per_second(args.seed, 3 if q else 10), "dnc_params": float(n_dnc),
+                                 "lstm_params": float(4 * h * (10 + h + 2) + (h + 1) * 8),
+                                 "steps_per_s_feedforward": steps_per_second(args.seed, 3 if q else 10, "feedforward")}
+    if "copy" in res:
+        metrics.update(bits_per_seq=res["copy"]["bits_per_seq"], bits_per_seq_2x=res["copy"]["bits_per_seq_gen"])
+    if "lstm" in res:
+        metrics["lstm_bits_per_seq_2x"] = res["lstm"]["bits_per_seq_gen"]
+    if "recall" in res:
+        metrics["recall_bits_per_seq"] = res["recall"]["bits_per_seq"]
+    if "repeat_copy" in res:
+        metrics["repeat_copy_bits_per_seq"] = res["repeat_copy"]["bits_per_seq"]
+    goals = {"no NaN": "met" if all(math.isfinite(v) for v in metrics.values()) else "NOT met"}
+    if "bits_per_seq" in metrics:
+        ok = metrics["bits_per_seq"] < 0.01
+        goals["copy cost < 0.01 bits per sequence (trained lengths)"] = "met" if ok else f"NOT met ({metrics['bits_per_seq']:.3g})"
     notes = "quick mode: lengths 1-4 (generalisation 5-8), seconds of training; figures are not the headline" if q else ""
-    return BenchResult(metrics, rows, goals, notes)
+    if on_gpu:
+        notes += f" trained on {device}: batch {batch}, {'compiled' if compile_steps else 'eager'} DNC steps, wall-clock budgets {dict((k, v[1]) for k, v in budget.items())} s;" \
+                 " steps_per_s is still the CPU figure (batch 16, one thread)"
+    return BenchResult(metrics, rows, goals, notes.strip())

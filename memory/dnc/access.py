@@ -11,6 +11,12 @@ One step of `MemoryAccess` (Graves et al. 2016, Methods), with primes for this s
     w^r' = pi_b b + pi_c C(M', k^r, beta^r) + pi_f f              read modes, per read head
     r'   = M'^T w^r'                                              read words
 
+Speed: the step runs once per time step in a Python loop, so it is written for
+few tensor operations (per-op overhead, not arithmetic, dominates on a CPU at
+these sizes): the interface is laid out by nonlinearity (one softplus, one sigmoid,
+one softmax), one write head takes closed forms (no products over heads), and the
+read modes are mixed in one batched product.
+
 Axis legend: b batch, n memory slots, d word width, r read heads, w write heads,
 m read modes (backward per write head, forward per write head, content).
 """
@@ -20,12 +26,13 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
-from einops import einsum, rearrange
+import torch.nn.functional as F
+from einops import rearrange
 from torch import Tensor, nn
 
 from memory.dnc.allocation import write_allocation_weights
-from memory.dnc.content import content_weights, oneplus
-from memory.dnc.linkage import LinkageState, directional_weights, initial_linkage, update_linkage
+from memory.dnc.content import content_weights
+from memory.dnc.linkage import LinkageState, directional_weights, initial_linkage, off_diagonal, update_linkage
 from memory.dnc.usage import update_usage
 
 
@@ -58,15 +65,18 @@ def erase_and_add(memory: Tensor, write_weights: Tensor, erase: Tensor, write_ve
     """M' = M o prod_w (1 - w^w e^T) + sum_w w^w v^T.
 
     memory (b, n, d), write_weights (b, w, n), erase and write_vectors (b, w, d) -> (b, n, d).
+    One head: M' = M + w (v - M o e)^T elementwise, three operations.
     """
-    keep = (1.0 - einsum(write_weights, erase, "b w n, b w d -> b w n d")).prod(dim=1)  # (b, n, d)
-    add = einsum(write_weights, write_vectors, "b w n, b w d -> b n d")
-    return memory * keep + add
+    if write_weights.shape[1] == 1:
+        w = rearrange(write_weights, "b 1 n -> b n 1")
+        return torch.addcmul(memory, w, write_vectors - memory * erase)  # (b, n, d)
+    keep = (1.0 - write_weights[..., None] * erase[:, :, None, :]).prod(dim=1)  # (b, w, n, d) -> (b, n, d)
+    return torch.baddbmm(memory * keep, write_weights.transpose(1, 2), write_vectors)  # + (b, n, w) @ (b, w, d)
 
 
 def read_words(memory: Tensor, read_weights: Tensor) -> Tensor:
     """r = M^T w^r. memory (b, n, d), read_weights (b, r, n) -> (b, r, d)."""
-    return einsum(read_weights, memory, "b r n, b n d -> b r d")
+    return torch.bmm(read_weights, memory)
 
 
 def mix_read_modes(modes: Tensor, backward: Tensor, content: Tensor, forward: Tensor) -> Tensor:
@@ -75,10 +85,8 @@ def mix_read_modes(modes: Tensor, backward: Tensor, content: Tensor, forward: Te
     modes (b, r, 1 + 2w) ordered [backward_1..w, forward_1..w, content];
     backward and forward (b, r, w, n); content (b, r, n) -> (b, r, n).
     """
-    w = backward.shape[2]
-    out = einsum(modes[..., :w], backward, "b r w, b r w n -> b r n")
-    out = out + einsum(modes[..., w : 2 * w], forward, "b r w, b r w n -> b r n")
-    return out + modes[..., 2 * w :] * content
+    weights = torch.cat([backward, forward, content[:, :, None]], dim=2)  # (b, r, m, n)
+    return torch.matmul(modes[:, :, None], weights)[:, :, 0]  # (b, r, 1, m) @ (b, r, m, n)
 
 
 class MemoryAccess(nn.Module):
@@ -88,10 +96,12 @@ class MemoryAccess(nn.Module):
         super().__init__()
         self.n, self.d, self.r, self.w = memory_size, word_size, num_reads, num_writes
         r, w, d = num_reads, num_writes, word_size
-        # read keys, read strengths, write keys, write strengths, erase, write vectors,
-        # free gates, allocation gates, write gates, read modes
-        self.sizes = [r * d, r, w * d, w, w * d, w * d, r, w, w, r * (1 + 2 * w)]
+        # grouped by nonlinearity: [read keys, write keys, write vectors] linear;
+        # [read strengths, write strengths] oneplus; [erase, free, allocation, write gates] sigmoid;
+        # read modes softmax per head
+        self.sizes = [r * d + 2 * w * d, r + w, w * d + r + 2 * w, r * (1 + 2 * w)]
         self.interface = nn.Linear(input_size, sum(self.sizes))
+        self.register_buffer("off_diagonal", off_diagonal(memory_size), persistent=False)  # (n, n), built once
 
     def initial_state(self, batch: int, device: torch.device | str = "cpu") -> AccessState:
         z = lambda *s: torch.zeros(*s, device=device)  # noqa: E731
@@ -105,20 +115,23 @@ class MemoryAccess(nn.Module):
 
     def parse(self, h: Tensor) -> Interface:
         """Interface from controller output h (b, input_size), squashed onto each field's range."""
-        parts = torch.split(self.interface(h), self.sizes, dim=-1)
-        rk, rs, wk, ws, er, wv, fg, ag, wg, rm = parts
-        r, w = self.r, self.w
+        r, w, d = self.r, self.w, self.d
+        lin, strengths, gates, modes = torch.split(self.interface(h), self.sizes, dim=-1)
+        strengths = 1.0 + F.softplus(strengths)  # oneplus: [1, inf)
+        gates = torch.sigmoid(gates)
+        rk, wk, wv = torch.split(lin, [r * d, w * d, w * d], dim=-1)
+        er, fg, ag, wg = torch.split(gates, [w * d, r, w, w], dim=-1)
         return Interface(
-            read_keys=rearrange(rk, "b (r d) -> b r d", r=r),
-            read_strengths=oneplus(rs),
-            write_keys=rearrange(wk, "b (w d) -> b w d", w=w),
-            write_strengths=oneplus(ws),
-            erase=torch.sigmoid(rearrange(er, "b (w d) -> b w d", w=w)),
-            write_vectors=rearrange(wv, "b (w d) -> b w d", w=w),
-            free_gates=torch.sigmoid(fg),
-            allocation_gates=torch.sigmoid(ag),
-            write_gates=torch.sigmoid(wg),
-            read_modes=torch.softmax(rearrange(rm, "b (r m) -> b r m", r=r), dim=-1),
+            read_keys=rk.view(-1, r, d),
+            read_strengths=strengths[:, :r],
+            write_keys=wk.view(-1, w, d),
+            write_strengths=strengths[:, r:],
+            erase=er.view(-1, w, d),
+            write_vectors=wv.view(-1, w, d),
+            free_gates=fg,
+            allocation_gates=ag,
+            write_gates=wg,
+            read_modes=torch.softmax(modes.view(-1, r, 1 + 2 * w), dim=-1),
         )
 
     def forward(self, h: Tensor, state: AccessState) -> tuple[Tensor, AccessState, Tensor]:
@@ -128,10 +141,10 @@ class MemoryAccess(nn.Module):
         # write: content on the old memory, allocation on the new usage
         write_content = content_weights(state.memory, i.write_keys, i.write_strengths)  # (b, w, n)
         alloc = write_allocation_weights(usage, i.allocation_gates * i.write_gates)  # (b, w, n)
-        ag, wg = i.allocation_gates[..., None], i.write_gates[..., None]
-        write_weights = wg * (ag * alloc + (1.0 - ag) * write_content)  # (b, w, n)
+        # g^w [g^a a + (1 - g^a) c^w] as one interpolation
+        write_weights = i.write_gates[..., None] * torch.lerp(write_content, alloc, i.allocation_gates[..., None])
         memory = erase_and_add(state.memory, write_weights, i.erase, i.write_vectors)
-        linkage = update_linkage(state.linkage, write_weights)
+        linkage = update_linkage(state.linkage, write_weights, self.off_diagonal)
         # read: content on the new memory, links from the previous read weights
         read_content = content_weights(memory, i.read_keys, i.read_strengths)  # (b, r, n)
         fwd = directional_weights(linkage.link, state.read_weights, forward=True)  # (b, r, w, n)

@@ -15,6 +15,7 @@ Axis legend: b batch, w write heads, n memory slots.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 EPS = 1e-6
@@ -22,8 +23,7 @@ EPS = 1e-6
 
 def exclusive_cumprod(x: Tensor) -> Tensor:
     """[1, x0, x0 x1, ...] along the last axis. x (..., n) -> (..., n)."""
-    ones = torch.ones_like(x[..., :1])
-    return torch.cat([ones, torch.cumprod(x[..., :-1], dim=-1)], dim=-1)
+    return F.pad(torch.cumprod(x[..., :-1], dim=-1), (1, 0), value=1.0)
 
 
 def allocation_weights(usage: Tensor, eps: float = EPS) -> Tensor:
@@ -31,7 +31,7 @@ def allocation_weights(usage: Tensor, eps: float = EPS) -> Tensor:
     usage = eps + (1.0 - eps) * usage
     sorted_usage, order = torch.sort(usage, dim=-1, stable=True)  # (b, n) ascending
     sorted_alloc = (1.0 - sorted_usage) * exclusive_cumprod(sorted_usage)  # (b, n)
-    return torch.zeros_like(sorted_alloc).scatter(-1, order, sorted_alloc)  # back to slot order
+    return sorted_alloc.new_zeros(sorted_alloc.shape).scatter(-1, order, sorted_alloc)  # back to slot order
 
 
 def write_allocation_weights(usage: Tensor, write_gates: Tensor) -> Tensor:
@@ -39,6 +39,8 @@ def write_allocation_weights(usage: Tensor, write_gates: Tensor) -> Tensor:
 
     Head i sees the usage as if heads 0..i-1 had written their allocation with their gate.
     """
+    if write_gates.shape[1] == 1:
+        return allocation_weights(usage)[:, None]
     out = []
     for i in range(write_gates.shape[1]):
         a = allocation_weights(usage)  # (b, n)

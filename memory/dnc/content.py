@@ -3,13 +3,15 @@
     C(M, k, beta)[i] = exp(beta * D(k, M[i])) / sum_j exp(beta * D(k, M[j]))
     D(u, v) = u . v / (|u| |v|)                                  (cosine similarity)
 
+D is computed as one batched product of unit vectors, k / |k| against M / |M|
+(eps inside every root, so an all-zero key or memory row gives 0 and finite gradients).
+
 Axis legend: b batch, h heads (read or write), n memory slots, d word width.
 """
 
 from __future__ import annotations
 
 import torch
-from einops import einsum
 from torch import Tensor
 
 EPS = 1e-6
@@ -20,14 +22,17 @@ def safe_norm(x: Tensor, eps: float = EPS) -> Tensor:
     return torch.sqrt((x * x).sum(-1) + eps)
 
 
+def unit(x: Tensor, eps: float = EPS) -> Tensor:
+    """x / sqrt(|x|^2 + eps) over the last axis. x (..., d) -> (..., d)."""
+    return x * torch.rsqrt((x * x).sum(-1, keepdim=True) + eps)
+
+
 def cosine_similarity(memory: Tensor, keys: Tensor, eps: float = EPS) -> Tensor:
     """D(k_h, M[n]) for every head and slot.
 
     memory (b, n, d), keys (b, h, d) -> (b, h, n). An all-zero memory row gives 0, not NaN.
     """
-    dot = einsum(keys, memory, "b h d, b n d -> b h n")
-    norms = safe_norm(keys, eps)[:, :, None] * safe_norm(memory, eps)[:, None, :]  # (b, h, n)
-    return dot / norms
+    return torch.matmul(unit(keys, eps), unit(memory, eps).transpose(1, 2))  # (b, h, d) @ (b, d, n)
 
 
 def content_weights(memory: Tensor, keys: Tensor, strengths: Tensor) -> Tensor:

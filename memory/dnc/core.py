@@ -5,8 +5,11 @@
     y_t = W_y [h_t ; r_t]                           (Graves et al. 2016: v_t + W_r [r_t^1..r_t^R])
 
 `forward(x, state)` takes one step for x (b, i) or unrolls for x (b, t, i); only
-the time loop is Python, batch and heads are vectorised. Controller and output
-values are clipped to +-clip_value as in deepmind/dnc (numerical safety).
+the time loop is Python, batch and heads are vectorised. An unroll applies the
+controller's input weights and the output layer to all steps at once, outside the
+loop. Output values are clipped to +-clip_value as in deepmind/dnc (numerical
+safety); the controller's output needs no clip here (LSTM h = o tanh(c) and the
+feed-forward tanh are bounded by 1).
 In eval mode the core keeps, for batch element 0 of its last unroll, the
 allocation, write and read weights over time and the final link matrix, so
 TensorBoard can show them (`images()`); usage and occupancy come from the last
@@ -74,7 +77,7 @@ class DNC(MemoryModule):
             input_size=input_size, output_size=output_size, memory_size=memory_size, word_size=word_size,
             num_reads=num_reads, num_writes=num_writes, hidden_size=hidden_size, controller=controller, clip_value=clip_value,
         )
-        self.controller = make_controller(controller, input_size + num_reads * word_size, hidden_size)
+        self.controller = make_controller(controller, input_size, num_reads * word_size, hidden_size)
         self.access = MemoryAccess(input_size=hidden_size, memory_size=memory_size, word_size=word_size,
                                    num_reads=num_reads, num_writes=num_writes)
         self.output = nn.Linear(hidden_size + num_reads * word_size, output_size)
@@ -92,14 +95,30 @@ class DNC(MemoryModule):
     def _clip(self, x: Tensor) -> Tensor:
         return x.clamp(-self.clip_value, self.clip_value) if self.clip_value > 0 else x
 
+    def _advance(self, xp: Tensor, state: DNCState) -> tuple[Tensor, DNCState, Tensor]:
+        """One step from the projected input xp (b, g) -> controller output (b, h), the new state, allocation (b, w, n)."""
+        h, ctrl = self.controller.step(xp, rearrange(state.read_words, "b r d -> b (r d)"), state.controller)
+        words, access, alloc = self.access(h, state.access)  # (b, r, d)
+        return h, DNCState(access, ctrl, words), alloc
+
+    def compile_step(self) -> "DNC":
+        """torch.compile the per-step function (controller + memory access), shapes static.
+
+        The unroll is a Python loop of ~100 small operations per step, so on a GPU it is
+        bound by kernel launches; compiled, each step runs as a few fused kernels. The
+        first call of each shape (batch size, train / eval) compiles (tens of seconds).
+        """
+        self._advance = torch.compile(self._advance, dynamic=False)  # type: ignore[method-assign]
+        return self
+
+    def _readout(self, h: Tensor, words: Tensor) -> Tensor:
+        """y = clip(W_y [h; r]). h (..., h), words (..., r, d) -> (..., o)."""
+        return self._clip(self.output(torch.cat([h, words.flatten(-2)], dim=-1)))
+
     def step(self, x: Tensor, state: DNCState) -> tuple[Tensor, DNCState, Tensor]:
         """One time step. x (b, i) -> y (b, o), the new state, allocation weights (b, w, n)."""
-        ctrl_in = torch.cat([x, rearrange(state.read_words, "b r d -> b (r d)")], dim=-1)
-        h, ctrl = self.controller(ctrl_in, state.controller)
-        h = self._clip(h)
-        words, access, alloc = self.access(h, state.access)  # (b, r, d)
-        y = self.output(torch.cat([h, rearrange(words, "b r d -> b (r d)")], dim=-1))
-        return self._clip(y), DNCState(access, ctrl, words), alloc
+        h, state, alloc = self._advance(self.controller.project(x), state)
+        return self._readout(h, state.read_words), state, alloc
 
     def forward(self, x: Tensor, state: DNCState) -> tuple[Tensor, DNCState]:
         """x (b, i) -> y (b, o), one step; or x (b, t, i) -> y (b, t, o), unrolled over t."""
@@ -107,10 +126,13 @@ class DNC(MemoryModule):
             y, state, _ = self.step(x, state)
             return y, state
         record = not self.training
-        ys, trace = [], {"allocation": [], "write_weights": [], "read_weights": []}
+        xp = self.controller.project(x)  # (b, t, g), every step's input weights at once
+        hs, words = [], []
+        trace: dict[str, list[Tensor]] = {"allocation": [], "write_weights": [], "read_weights": []}
         for t in range(x.shape[1]):
-            y, state, alloc = self.step(x[:, t], state)
-            ys.append(y)
+            h, state, alloc = self._advance(xp[:, t], state)
+            hs.append(h)
+            words.append(state.read_words)
             if record:
                 trace["allocation"].append(alloc[0, 0].detach())  # (n,)
                 trace["write_weights"].append(state.access.write_weights[0, 0].detach())
@@ -120,7 +142,7 @@ class DNC(MemoryModule):
         if record:
             self._last.update({k: torch.stack(v, dim=1) for k, v in trace.items()})  # (n or r*n, t)
             self._last["link"] = state.access.linkage.link[0, 0].detach()  # (n, n)
-        return torch.stack(ys, dim=1), state
+        return self._readout(torch.stack(hs, dim=1), torch.stack(words, dim=1)), state  # (b, t, o)
 
     def state_bytes(self) -> int:
         """Bytes of one sequence's recurrent state (memory, weights, links, usage, controller)."""

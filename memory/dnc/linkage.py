@@ -17,7 +17,6 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
-from einops import einsum
 from torch import Tensor
 
 
@@ -34,19 +33,29 @@ def initial_linkage(batch: int, num_writes: int, slots: int, device: torch.devic
     )
 
 
-def update_linkage(state: LinkageState, write_weights: Tensor) -> LinkageState:
-    """L_t and p_t from the previous state and this step's write weights (b, w, n)."""
+def off_diagonal(n: int, device: torch.device | str = "cpu") -> Tensor:
+    """(n, n) ones with a zero diagonal: the mask that keeps L[i, i] = 0."""
+    return 1.0 - torch.eye(n, device=device)
+
+
+def update_linkage(state: LinkageState, write_weights: Tensor, mask: Tensor | None = None) -> LinkageState:
+    """L_t and p_t from the previous state and this step's write weights (b, w, n).
+
+    mask: `off_diagonal(n)`, passed in by callers that step many times so it is built once.
+    """
     w_i = write_weights[..., :, None]  # (b, w, n, 1)
     w_j = write_weights[..., None, :]  # (b, w, 1, n)
-    link = (1.0 - w_i - w_j) * state.link + w_i * state.precedence[..., None, :]
-    n = write_weights.shape[-1]
-    link = link * (1.0 - torch.eye(n, device=link.device, dtype=link.dtype))  # L[i, i] = 0
-    precedence = (1.0 - write_weights.sum(-1, keepdim=True)) * state.precedence + write_weights
+    keep = (1.0 - w_i) - w_j  # (b, w, n, n)
+    link = torch.addcmul(keep * state.link, w_i, state.precedence[..., None, :])
+    link = link * (off_diagonal(write_weights.shape[-1], link.device) if mask is None else mask)  # L[i, i] = 0
+    precedence = torch.addcmul(write_weights, 1.0 - write_weights.sum(-1, keepdim=True), state.precedence)
     return LinkageState(link, precedence)
 
 
 def directional_weights(link: Tensor, read_weights: Tensor, *, forward: bool) -> Tensor:
-    """f = L w_r (forward) or b = L^T w_r (backward). link (b, w, n, n), read_weights (b, r, n) -> (b, r, w, n)."""
-    if forward:
-        return einsum(link, read_weights, "b w i j, b r j -> b r w i")
-    return einsum(link, read_weights, "b w j i, b r j -> b r w i")
+    """f = L w_r (forward) or b = L^T w_r (backward). link (b, w, n, n), read_weights (b, r, n) -> (b, r, w, n).
+
+    As one batched product per write head: f[r, i] = sum_j w_r[r, j] L[i, j] is w_r @ L^T; b is w_r @ L.
+    """
+    mat = link.transpose(-1, -2) if forward else link  # (b, w, n, n)
+    return torch.matmul(read_weights[:, None], mat).transpose(1, 2)  # (b, w, r, n) -> (b, r, w, n)

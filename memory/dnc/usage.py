@@ -12,6 +12,7 @@ Axis legend: b batch, r read heads, w write heads, n memory slots.
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
 
@@ -25,6 +26,9 @@ def update_usage(usage: Tensor, write_weights: Tensor, free_gates: Tensor, read_
 
     free_gates (b, r) are this step's. Returns (b, n) in [0, 1].
     """
-    written = 1.0 - (1.0 - write_weights).prod(dim=1)  # (b, n)
-    usage = usage + (1.0 - usage) * written
+    if write_weights.shape[1] == 1:
+        written = write_weights[:, 0]  # (b, n): one head, 1 - (1 - w) = w
+    else:
+        written = 1.0 - (1.0 - write_weights).prod(dim=1)  # (b, n)
+    usage = torch.addcmul(written, usage, 1.0 - written)  # u + w - u w
     return (usage * retention(free_gates, read_weights)).clamp(0.0, 1.0)
