@@ -146,7 +146,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     entry = registry.get("bench", args.name)
     only = tuple(p.strip() for arg in args.only for p in arg.split(",") if p.strip())
     if (only or args.resume) and not getattr(entry.factory, "supports_parts", False):
-        raise UserError(f"benchmark {args.name!r} has no parts: drop --only / --resume (they work with: baselines)")
+        with_parts = sorted(n for n, e in registry.entries("bench").items() if getattr(e.factory, "supports_parts", False))
+        raise UserError(f"benchmark {args.name!r} has no parts: drop --only / --resume (they work with: {', '.join(with_parts)})")
     if args.device != "cpu" and not getattr(entry.factory, "supports_device", False):
         gpu = sorted(n for n, e in registry.entries("bench").items() if getattr(e.factory, "supports_device", False))
         raise UserError(f"benchmark {args.name!r} runs on the CPU only: drop --device (benchmarks that take it: {', '.join(gpu)})")

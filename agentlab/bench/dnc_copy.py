@@ -107,7 +107,7 @@ def steps_per_second(seed: int, n: int = 10, controller: str = "lstm") -> float:
     return n / (time.perf_counter() - t0)
 
 
-@register_bench("dnc-copy", parts=True)
+@register_bench("dnc-copy", parts=True, device=True)
 def bench_dnc_copy(args: BenchArgs, env: BuildEnv) -> BenchResult:
     """DNC vs LSTM on copy / repeat-copy (bits per sequence, lengths 1-20 and 21-40), recall, speed."""
     from memory.dnc.modules import DNCConfig, DNCSequenceModel, LSTMSequenceModel, make_dnc
