@@ -24,7 +24,7 @@ class MLPConfig:
     bias: bool = True
     """biases in the linear layers (SupSup uses none)"""
     dropout: float = 0.0
-    """dropout after each hidden activation (SET's MNIST MLP uses 0.3); 0 = none"""
+    """dropout after each hidden activation; 0 = none"""
     in_features: int = 0
     """input size; 0 = from the stream"""
     out_features: int = 0

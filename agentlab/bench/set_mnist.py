@@ -20,7 +20,7 @@ from agentlab.learners.sgd import SGDConfig
 from agentlab.registry import BuildEnv
 from plasticity.set import SET, SETConfig
 
-# Full: 60 epochs, Adam 1e-3 with a cosine decay, dropout 0.3 (the SET paper's MNIST MLP uses dropout 0.3) for both
+# Full: 60 epochs, Adam 1e-3 with a cosine decay, dropout 0.3 for both
 # networks; about 2 minutes per network on an H100 (`--device cuda`), several hours on 2 CPU cores.
 FULL = {"hidden": [1000, 1000, 1000], "epsilon": 20.0, "epochs": 60, "train_n": 0, "test_n": 0, "batch_size": 128,
         "sparse_lr": 1e-3, "dense_lr": 1e-3, "schedule": "cosine", "dropout": 0.3}
