@@ -55,7 +55,7 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--resume", action="store_true",
                    help="reuse the parts an earlier or killed invocation completed with the same settings")
     b.add_argument("--data-root", help="where data sets live")
-    b.add_argument("--device", default="cpu", help="torch device to train on: cpu (default), cuda or cuda:N; benchmarks that stay on the CPU say so in their notes")
+    b.add_argument("--device", default="cpu", help="torch device to train on: cpu (default), cuda or cuda:N; benchmarks that stay on the CPU refuse it")
     b.add_argument("--threads", type=int, help="PyTorch CPU threads (default: $AGENTLAB_THREADS, else PyTorch's choice)")
 
     from agentlab.fewshot import add_parser as add_fewshot
