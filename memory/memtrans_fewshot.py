@@ -134,6 +134,16 @@ def sequential_rows(net: MemTransNet, eps: list[Any], device: str) -> tuple[Tens
     return rows_t, write
 
 
+def is_sequential(eps: list[Any]) -> bool:
+    """Whether a batch of episodes (all of one kind) follows the MANN sequential protocol."""
+    return getattr(eps[0], "protocol", "standard") == "sequential"
+
+
+def targets(eps: list[Any]) -> Tensor:
+    """Labels the logits of `MemTransLearner.logits` are scored against: (B, T) per step or (B, Q) per query."""
+    return torch.stack([ep.y for ep in eps] if is_sequential(eps) else [ep.query_y for ep in eps])
+
+
 @dataclass(frozen=True)
 class MemTransLearnerConfig:
     """Meta-training of the memory transformer over episodes."""
@@ -180,7 +190,7 @@ class MemTransLearner:
     @staticmethod
     def logits(net: MemTransNet, eps: list[Any], device: str) -> Tensor:
         """Logits of B episodes of one kind and size: (B, T, N) per step (sequential) or (B, Q, N) per query."""
-        if getattr(eps[0], "protocol", "standard") == "sequential":
+        if is_sequential(eps):
             rows, write = sequential_rows(net, eps, device)
             return net.run(rows, write)
         rows, write, blocked, s = standard_rows(net, eps, device)
@@ -189,10 +199,7 @@ class MemTransLearner:
     def batch_loss(self, net: MemTransNet, eps: list[Any], device: str) -> tuple[Tensor, float]:
         """Mean cross-entropy and accuracy over episodes of one kind and size, run as one (B, T, F) batch."""
         logits = self.logits(net, eps, device)  # (B, T, N) or (B, Q, N)
-        if getattr(eps[0], "protocol", "standard") == "sequential":
-            y = torch.stack([ep.y for ep in eps]).to(device)
-        else:
-            y = torch.stack([ep.query_y for ep in eps]).to(device)
+        y = targets(eps).to(device)
         loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
         return loss, float((logits.argmax(-1) == y).float().mean())
 
@@ -250,20 +257,11 @@ class MemTransLearner:
             for lo in range(0, len(episodes), batch):
                 eps = [episodes[i] for i in range(lo, min(lo + batch, len(episodes)))]
                 reset_memories(agent)
-                correct = (self.logits(agent.backbone, eps, device).argmax(-1).cpu() ==
-                           torch.stack([getattr(ep, "query_y", None) if ep.protocol == "standard" else ep.y for ep in eps])).float()
+                correct = (self.logits(agent.backbone, eps, device).argmax(-1).cpu() == targets(eps)).float()
                 report.accs += correct.mean(1).tolist()
-                if eps[0].protocol == "sequential":
-                    report.protocol = "sequential"
+                if is_sequential(eps):
                     sighting = torch.cat([ep.sighting for ep in eps])
-                    hits, counts = accuracy_by_sighting(correct.reshape(-1), sighting, int(sighting.max()) + 1)
-                    if report.sighting_hits is None:
-                        report.sighting_hits, report.sighting_counts = hits, counts
-                    else:
-                        p = max(hits.shape[0], report.sighting_hits.shape[0])
-                        pad = lambda v: F.pad(v, (0, p - v.shape[0]))  # noqa: E731
-                        report.sighting_hits = pad(report.sighting_hits) + pad(hits)
-                        report.sighting_counts = pad(report.sighting_counts) + pad(counts)
+                    report.add_sightings(*accuracy_by_sighting(correct.reshape(-1), sighting, int(sighting.max()) + 1))
         finally:
             agent.train(was_training)
         return report

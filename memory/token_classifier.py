@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import time
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -63,15 +64,15 @@ def shift_images(x: Tensor, max_shift: int, g: torch.Generator) -> Tensor:
 
 
 @torch.no_grad()
-def encode_all(vqvae: nn.Module, x: Tensor, batch: int = 1000) -> Tensor:
-    """Codes (M, 49) of images (M, 1, 28, 28), in chunks."""
-    return torch.cat([vqvae.encode(x[i : i + batch]) for i in range(0, len(x), batch)])
+def encode_all(vqvae: nn.Module, x: Tensor, batch: int = 1000, transform: Callable[[Tensor], Tensor] | None = None) -> Tensor:
+    """Codes (M, 49) of images (M, 1, 28, 28), in chunks, each chunk passed through `transform` first if given."""
+    prep = transform or (lambda c: c)
+    return torch.cat([vqvae.encode(prep(x[i : i + batch])) for i in range(0, len(x), batch)])
 
 
-@torch.no_grad()
 def shifted_codes(vqvae: nn.Module, x: Tensor, max_shift: int, g: torch.Generator, batch: int = 1000) -> Tensor:
     """Codes (M, 49) of the images moved by up to `max_shift` pixels each, then re-encoded."""
-    return torch.cat([vqvae.encode(shift_images(x[i : i + batch], max_shift, g)) for i in range(0, len(x), batch)])
+    return encode_all(vqvae, x, batch, lambda c: shift_images(c, max_shift, g))
 
 
 def train_on_codes(model: nn.Module, code_sets: list[Tensor], y: Tensor, *, epochs: int, g: torch.Generator,

@@ -61,6 +61,17 @@ class EpisodeReport:
     def ci95(self) -> float:
         return mean_ci95(self.accs)[1]
 
+    def add_sightings(self, hits: torch.Tensor, counts: torch.Tensor) -> None:
+        """Add one episode's (or batch's) hits and counts by sighting (P,), padding the shorter of the two."""
+        self.protocol = "sequential"
+        if self.sighting_hits is None:
+            self.sighting_hits, self.sighting_counts = hits, counts
+            return
+        p = max(hits.shape[0], self.sighting_hits.shape[0])
+        pad = lambda v: torch.nn.functional.pad(v, (0, p - v.shape[0]))  # noqa: E731
+        self.sighting_hits = pad(self.sighting_hits) + pad(hits)
+        self.sighting_counts = pad(self.sighting_counts) + pad(counts)
+
     def by_sighting(self) -> list[float]:
         """Accuracy at the 1st, 2nd, ... instance of a class (sequential protocol), else []."""
         if self.sighting_counts is None:
@@ -106,15 +117,7 @@ def _collect(agent: Any, episodes: Iterable[Episode | SequentialEpisode], device
             logits = episode_logits(agent, ep, device).cpu()
         if isinstance(ep, SequentialEpisode):
             correct = (logits.argmax(-1) == ep.y).float()  # (T,)
-            hits, counts = accuracy_by_sighting(correct, ep.sighting, int(ep.sighting.max()) + 1)
-            if report.sighting_hits is None:
-                report.sighting_hits, report.sighting_counts = hits, counts
-            else:
-                p = max(hits.shape[0], report.sighting_hits.shape[0])
-                pad = lambda v: torch.nn.functional.pad(v, (0, p - v.shape[0]))
-                report.sighting_hits = pad(report.sighting_hits) + pad(hits)
-                report.sighting_counts = pad(report.sighting_counts) + pad(counts)
-            report.protocol = "sequential"
+            report.add_sightings(*accuracy_by_sighting(correct, ep.sighting, int(ep.sighting.max()) + 1))
         else:
             correct = (logits.argmax(-1) == ep.query_y).float()  # (N*Q,)
         report.accs.append(float(correct.mean()))

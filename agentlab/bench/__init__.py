@@ -67,7 +67,8 @@ def bench_data_root(args: BenchArgs, env: BuildEnv) -> Path:
 
 
 def check_device(device: str) -> str:
-    """`device` if torch can use it, else a UserError that says what is there."""
+    """`device` if torch can use it, else a UserError that says what is there; on a GPU it also turns on TF32
+    matrix products for the process (the README says so)."""
     import torch
 
     from agentlab.errors import UserError

@@ -29,6 +29,7 @@ from agentlab.bench import BenchArgs, BenchResult, n_params, register_bench
 from agentlab.context import FitContext
 from agentlab.errors import UserError
 from agentlab.learners.sequence import SequenceConfig, SequenceLearner
+from agentlab.learners.sgd import backward_step
 from agentlab.registry import BuildEnv
 from agentlab.seeding import seed_everything
 
@@ -94,11 +95,7 @@ def steps_per_second(seed: int, n: int = 10, controller: str = "lstm") -> float:
 
     def one() -> None:
         y, _ = m(b.x, m.initial_state(16))
-        loss = bits_per_sequence(y, b.y, b.mask)
-        opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(m.parameters(), 10.0)
-        opt.step()
+        backward_step(opt, bits_per_sequence(y, b.y, b.mask), m.parameters(), 10.0)
 
     one()
     t0 = time.perf_counter()

@@ -26,12 +26,11 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
-import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
 from memory.dnc.allocation import write_allocation_weights
-from memory.dnc.content import content_weights
+from memory.dnc.content import content_weights, oneplus
 from memory.dnc.linkage import LinkageState, directional_weights, initial_linkage, off_diagonal, update_linkage
 from memory.dnc.usage import update_usage
 
@@ -117,7 +116,7 @@ class MemoryAccess(nn.Module):
         """Interface from controller output h (b, input_size), squashed onto each field's range."""
         r, w, d = self.r, self.w, self.d
         lin, strengths, gates, modes = torch.split(self.interface(h), self.sizes, dim=-1)
-        strengths = 1.0 + F.softplus(strengths)  # oneplus: [1, inf)
+        strengths = oneplus(strengths)  # [1, inf)
         gates = torch.sigmoid(gates)
         rk, wk, wv = torch.split(lin, [r * d, w * d, w * d], dim=-1)
         er, fg, ag, wg = torch.split(gates, [w * d, r, w, w], dim=-1)

@@ -17,11 +17,6 @@ from torch import Tensor
 EPS = 1e-6
 
 
-def safe_norm(x: Tensor, eps: float = EPS) -> Tensor:
-    """Euclidean norm over the last axis with eps inside the root: finite gradients at x = 0."""
-    return torch.sqrt((x * x).sum(-1) + eps)
-
-
 def unit(x: Tensor, eps: float = EPS) -> Tensor:
     """x / sqrt(|x|^2 + eps) over the last axis. x (..., d) -> (..., d)."""
     return x * torch.rsqrt((x * x).sum(-1, keepdim=True) + eps)
