@@ -12,6 +12,9 @@ it), so the figures say how many episodes it reached:
 * full: 420 s of meta-training, 1,000 test episodes per protocol; sized so that the
   whole run fits in about 8 minutes on one GPU (`--device cuda`, 32 episodes per step);
   on a CPU the same 420 s give far fewer episodes (8 per step).
+  `$AGENTLAB_MEMTRANS_BUDGET_S` sets another meta-training budget for the full
+  mode (for example 2400 on a CPU, to reach the episodes a GPU gets in 420 s);
+  the JSON records the budget used.
 * quick: 960 meta-training episodes (120 steps; at most 80 s) of 1-shot episodes with
   2 queries per class and sequential episodes of 4 instances per class, 50 test
   episodes per protocol: a check that it learns (well above the 20% of chance), not
@@ -21,6 +24,7 @@ it), so the figures say how many episodes it reached:
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 
@@ -44,7 +48,9 @@ def bench_fewshot_memtrans(args: BenchArgs, env: BuildEnv) -> BenchResult:
     from scenarios.episodes import ClassPool, EpisodeSampler, EpisodeSet
     from scenarios.omniglot import omniglot_split
 
-    b = QUICK if args.quick else FULL
+    b = dict(QUICK if args.quick else FULL)
+    if not args.quick and "AGENTLAB_MEMTRANS_BUDGET_S" in os.environ:
+        b["budget_s"] = _budget_from_env(os.environ["AGENTLAB_MEMTRANS_BUDGET_S"])
     device = args.device
     batch = b["batch_cuda"] if device.startswith("cuda") else b["batch"]
     torch.manual_seed(args.seed)
@@ -80,7 +86,8 @@ def bench_fewshot_memtrans(args: BenchArgs, env: BuildEnv) -> BenchResult:
     by = rs.by_sighting()
     metrics = {"acc_5w1s": r1.mean, "acc_5w5s": r5.mean, "acc_2nd_sighting": by[1], "acc_10th_sighting": by[9],
                "acc_1st_sighting": by[0], "ci95_5w1s": r1.ci95, "ci95_5w5s": r5.ci95,
-               "train_episodes": float(learner.episodes_done), "train_s": learner.train_s, "eval_s": eval_s}
+               "train_episodes": float(learner.episodes_done), "train_s": learner.train_s, "eval_s": eval_s,
+               "budget_s": float(b["budget_s"])}
     goals = {}
     for key, name, t in (("acc_5w1s", "5-way 1-shot >= 95%", 0.95), ("acc_5w5s", "5-way 5-shot >= 98%", 0.98),
                          ("acc_2nd_sighting", "sequential 2nd sighting >= 85%", 0.85),
@@ -94,3 +101,15 @@ def bench_fewshot_memtrans(args: BenchArgs, env: BuildEnv) -> BenchResult:
              f"({learner.train_s:.0f} s on {device}, {batch} episodes per step; evaluation {eval_s:.0f} s); "
              "MANN reference 36.4/82.8/.../98.1% (1st/2nd/10th sighting); protonet (fewshot-omniglot) 97.53% 5-way 1-shot")
     return BenchResult(metrics, rows, goals, notes)
+
+
+def _budget_from_env(text: str) -> float:
+    """Seconds of meta-training from `$AGENTLAB_MEMTRANS_BUDGET_S`, refused unless a positive number."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0:
+        raise ValueError(f"AGENTLAB_MEMTRANS_BUDGET_S={text!r} is not a positive number of seconds; "
+                         "set it to e.g. 2400, or unset it for the full mode's 420 s")
+    return value
