@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from agentlab.agent import Agent
@@ -146,3 +147,19 @@ def test_early_stopping_reports_test_accuracy_at_the_minimum_validation_loss(mon
     assert rows[0]["ticket_epoch"] == 1 and rows[1]["ticket_epoch"] == 1
     assert abs(rows[0]["ticket_acc"] - 0.2) < 1e-9 and abs(rows[0]["ticket_last_acc"] - 0.3) < 1e-9
     assert abs(rows[1]["ticket_acc"] - 0.5) < 1e-9 and abs(rows[1]["ticket_last_acc"] - 0.6) < 1e-9
+
+
+def test_lottery_bench_averages_trials_round_by_round():
+    from agentlab.bench.lottery import mean_rows
+
+    a = [{"round": 0, "remaining": 1.0, "ticket_acc": 0.90, "random_acc": 0.90},
+         {"round": 1, "remaining": 0.5, "ticket_acc": 0.92, "random_acc": 0.80}]
+    b = [{"round": 0, "remaining": 1.0, "ticket_acc": 0.94, "random_acc": 0.94},
+         {"round": 1, "remaining": 0.5, "ticket_acc": 0.96, "random_acc": 0.84}]
+    rows = mean_rows([a, b])
+    assert [r["round"] for r in rows] == [0, 1]
+    assert rows[1]["ticket_acc"] == pytest.approx(0.94) and rows[1]["random_acc"] == pytest.approx(0.82)
+    assert rows[0]["ticket_std"] == pytest.approx(0.02) and rows[1]["ticket_min"] == 0.92 and rows[1]["ticket_max"] == 0.96
+    b[1]["remaining"] = 0.4  # trials that pruned different amounts cannot be averaged
+    with pytest.raises(ValueError, match="fraction remaining at round 1"):
+        mean_rows([a, b])
