@@ -12,7 +12,8 @@ parameter count is close to the DNC's. Speed: optimiser steps per second at batc
 (a Python time loop of small operations is launch-bound there; AGENTLAB_DNC_COMPILE=0
 keeps them eager) and shorter wall-clock budgets (the lent GPU allows 10 minutes a
 command); `--only copy,lstm` and `--only repeat_copy,recall` split the full mode over
-two commands.
+two commands, and `AGENTLAB_DNC_BUDGET_S=repeat_copy=3600,recall=1200` gives parts other
+wall-clock budgets (the rows record the seconds and steps each part trained).
 """
 
 from __future__ import annotations
@@ -50,13 +51,26 @@ def matched_lstm_width(target: int, i: int, o: int) -> int:
     return min(range(8, 2048), key=lambda h: abs(4 * h * (i + h + 2) + (h + 1) * o - target))
 
 
-def budgets(quick: bool, device: str) -> tuple[dict[str, tuple[int, float]], int]:
-    """(max steps, seconds) per part, and the batch size, for the mode and device."""
+def budgets(quick: bool, device: str, override: str = "") -> tuple[dict[str, tuple[int, float]], int]:
+    """(max steps, seconds) per part, and the batch size, for the mode and device; `override`
+    ("part=seconds,...", from $AGENTLAB_DNC_BUDGET_S) replaces some parts' wall-clock budgets."""
     if quick:
-        return {"copy": (150, 20), "lstm": (150, 12), "repeat_copy": (60, 12), "recall": (60, 12)}, 16
-    if torch.device(device).type == "cuda":
-        return {"copy": (100000, 300), "lstm": (100000, 60), "repeat_copy": (100000, 120), "recall": (100000, 120)}, 64
-    return {"copy": (100000, 2400), "lstm": (100000, 600), "repeat_copy": (100000, 600), "recall": (100000, 600)}, 16
+        out, batch = {"copy": (150, 20.0), "lstm": (150, 12.0), "repeat_copy": (60, 12.0), "recall": (60, 12.0)}, 16
+    elif torch.device(device).type == "cuda":
+        out, batch = {"copy": (100000, 300.0), "lstm": (100000, 60.0), "repeat_copy": (100000, 120.0), "recall": (100000, 120.0)}, 64
+    else:
+        out, batch = {"copy": (100000, 2400.0), "lstm": (100000, 600.0), "repeat_copy": (100000, 600.0), "recall": (100000, 600.0)}, 16
+    for item in filter(None, (s.strip() for s in override.split(","))):
+        part, _, secs = item.partition("=")
+        try:
+            seconds = float(secs)
+        except ValueError:
+            seconds = float("nan")
+        if part not in out or not seconds > 0:
+            raise UserError(f"AGENTLAB_DNC_BUDGET_S: {item!r} is not part=seconds with a part of {list(out)} "
+                            "and a positive number, e.g. AGENTLAB_DNC_BUDGET_S=repeat_copy=3600")
+        out[part] = (out[part][0], seconds)
+    return out, batch
 
 
 def train_and_eval(backbone: torch.nn.Module, task: Any, cfg: SequenceConfig, seed: int, log: Any, device: str = "cpu") -> dict[str, float]:
@@ -121,7 +135,7 @@ def bench_dnc_copy(args: BenchArgs, env: BuildEnv) -> BenchResult:
     q, device = args.quick, args.device
     on_gpu = torch.device(device).type == "cuda"
     compile_steps = on_gpu and os.environ.get("AGENTLAB_DNC_COMPILE", "1") != "0"
-    budget, batch = budgets(q, device)
+    budget, batch = budgets(q, device, os.environ.get("AGENTLAB_DNC_BUDGET_S", ""))
     lens = dict(max_len=4, gen_min_len=5, gen_max_len=8, n_eval=20) if q else dict(max_len=20, gen_min_len=21, gen_max_len=40, n_eval=100)
     stream = algorithmic_stream(AlgorithmicConfig(tasks=["copy", "repeat_copy", "recall"], bits=8, min_len=1, **lens))
     recall_stream = algorithmic_stream(AlgorithmicConfig(tasks=["recall"], bits=8, min_len=2, max_len=min(lens["max_len"], 6),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from memory.dnc import DNC
@@ -46,3 +47,16 @@ def test_one_write_head_fast_paths_equal_the_general_formulas():
     assert torch.allclose(update_usage(usage, w, free, read), ((usage + w[:, 0] - usage * w[:, 0]) * psi).clamp(0, 1))
     assert torch.allclose(update_usage(usage, w2, free, read), update_usage(usage, w, free, read), atol=1e-6)
     assert torch.allclose(write_allocation_weights(usage, torch.rand(3, 1, generator=g))[:, 0], allocation_weights(usage))
+
+
+def test_dnc_copy_budget_override_replaces_only_the_named_parts():
+    from agentlab.bench.dnc_copy import budgets
+    from agentlab.errors import UserError
+
+    base, batch = budgets(False, "cpu")
+    out, batch2 = budgets(False, "cpu", "repeat_copy=3600, recall=90")
+    assert out["repeat_copy"] == (base["repeat_copy"][0], 3600.0) and out["recall"][1] == 90.0
+    assert out["copy"] == base["copy"] and batch2 == batch
+    for bad in ("repeat=10", "copy=-1", "copy=ten", "copy"):
+        with pytest.raises(UserError, match="AGENTLAB_DNC_BUDGET_S"):
+            budgets(False, "cpu", bad)
