@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from agentlab.config import check
-from agentlab.learners.sgd import backward_step
+from agentlab.learners.sgd import backward_step, fast_kernels
 from agentlab.registry import BuildEnv, register
 from memory.memory_transformer import MemoryTransformer, MemoryTransformerConfig
 
@@ -208,7 +208,8 @@ class MemTransLearner:
             raise ValueError(f"learner 'memtrans' trains episode tasks; task {task.name!r} is a {task.kind!r} task")
         net: MemTransNet = agent.backbone
         sampler, c = task.train, self.cfg
-        opt = torch.optim.Adam(agent.trainable_parameters(), lr=c.lr)
+        params = list(agent.trainable_parameters())
+        opt = torch.optim.Adam(params, lr=c.lr, **fast_kernels(params, fused=True))
         agent.train()
         start = time.perf_counter()
         step, first = 0, self.episodes_done

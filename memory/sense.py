@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from agentlab.learners.sgd import fast_kernels
 from memory.encoders import encode_text
 from memory.store import EpisodeStore
 from memory.tokenizer import SharedTokenizer
@@ -45,7 +46,8 @@ def train_sense(tok: SharedTokenizer, data: SenseData, *, steps: int, batch: int
     """Train `tok` for `steps` steps; returns the last loss terms, codebook usage and seconds taken."""
     g = torch.Generator().manual_seed(seed)
     rnd = random.Random(seed)
-    opt = torch.optim.Adam(tok.parameters(), lr=lr)
+    params = list(tok.parameters())
+    opt = torch.optim.Adam(params, lr=lr, **fast_kernels(params, fused=True))
     tok.train()
     tok.vq.reset_usage()
     t0 = time.perf_counter()

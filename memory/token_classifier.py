@@ -25,6 +25,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
+from agentlab.learners.sgd import fast_kernels
+
 
 class TokenClassifier(nn.Module):
     """Codes (B, 49) -> logits (B, classes)."""
@@ -79,7 +81,8 @@ def train_on_codes(model: nn.Module, code_sets: list[Tensor], y: Tensor, *, epoc
                    lr: float = 2e-3, batch_size: int = 128, weight_decay: float = 1e-4) -> float:
     """AdamW with a cosine learning rate over `epochs`; epoch e trains on `code_sets[e % len(code_sets)]`
     (the original codes and re-encoded shifted copies, same labels `y`). Returns the training time in seconds."""
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    params = list(model.parameters())
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, **fast_kernels(params, fused=True))
     n = y.shape[0]
     steps = epochs * math.ceil(n / batch_size)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s / steps, 1.0))))

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from agentlab.learners.sgd import fast_kernels
 from memory.encoders import ImageDecoder, ImageEncoder
 from memory.vq import VectorQuantizer
 
@@ -84,7 +85,8 @@ class ImageVQVAE(nn.Module):
     def fit(self, x: Tensor, *, epochs: int = 3, batch_size: int = 128, lr: float = 2e-3, generator: torch.Generator | None = None,
             max_steps: int = 0) -> dict[str, float]:
         """Train on images x (N, 1, 28, 28) with Adam; returns the last losses and codebook usage."""
-        opt = torch.optim.Adam([p for p in self.parameters() if p.requires_grad], lr=lr)
+        params = [p for p in self.parameters() if p.requires_grad]
+        opt = torch.optim.Adam(params, lr=lr, **fast_kernels(params, fused=True))
         self.train()
         self.vq.reset_usage()
         steps, last = 0, {}

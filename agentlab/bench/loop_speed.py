@@ -1,7 +1,8 @@
 """`loop-speed`: one epoch of Permuted MNIST, our loop against Avalanche's Naive template, in one process.
 
 Same model (MLP 784-512-10, same initial weights), same optimizer (SGD, lr
-0.01), same batch size (128), same examples, one epoch each; only training is
+0.01, built by `make_optimizer` for both, so both get the same multi-tensor
+kernel), same batch size (128), same examples, one epoch each; only training is
 timed (data loading and benchmark construction are not):
 
 * ours: `agentlab.loop.run` with the fine-tuning learner on `permuted-mnist`
@@ -33,22 +34,29 @@ BATCH, LR, HIDDEN = 128, 0.01, 512
 def _time_ours(model: torch.nn.Module, stream, seed: int) -> float:
     from agentlab.agent import Agent
     from agentlab.learners.finetune import FineTune
-    from agentlab.learners.sgd import SGDConfig
     from agentlab.loop import LoopConfig, run
 
-    agent = Agent(model, learner=FineTune(SGDConfig(epochs=1, lr=LR, batch_size=BATCH, optimizer="sgd")), label="ours")
+    agent = Agent(model, learner=FineTune(_sgd()), label="ours")
     result = run(agent, stream, generator=torch.Generator().manual_seed(seed), cfg=LoopConfig(eval_next=False, checkpoint=False))
     return float(result.timings["train_s"])
+
+
+def _sgd():
+    from agentlab.learners.sgd import SGDConfig
+
+    return SGDConfig(epochs=1, lr=LR, batch_size=BATCH, optimizer="sgd")
 
 
 def _time_avalanche(model: torch.nn.Module, experience) -> float:
     from avalanche.training import Naive
     from avalanche.training.plugins import EvaluationPlugin
 
+    from agentlab.learners.sgd import make_optimizer
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         strategy = Naive(
-            model=model, optimizer=torch.optim.SGD(model.parameters(), lr=LR), criterion=torch.nn.CrossEntropyLoss(),
+            model=model, optimizer=make_optimizer(model.parameters(), _sgd()), criterion=torch.nn.CrossEntropyLoss(),
             train_mb_size=BATCH, train_epochs=1, eval_mb_size=1000, evaluator=EvaluationPlugin(loggers=[]),
         )
         t0 = time.perf_counter()

@@ -23,6 +23,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from agentlab.bench import BenchArgs, BenchResult, bench_data_root, n_params, register_bench
+from agentlab.learners.sgd import fast_kernels
 from agentlab.registry import BuildEnv
 
 
@@ -37,7 +38,8 @@ def raw_cnn() -> nn.Module:
 def train_classifier(model: nn.Module, x: Tensor, y: Tensor, *, epochs: int, g: torch.Generator, lr: float = 1e-3,
                      batch_size: int = 128) -> float:
     """Adam on cross-entropy; returns the training time in seconds."""
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    params = list(model.parameters())
+    opt = torch.optim.Adam(params, lr=lr, **fast_kernels(params, fused=True))
     model.train()
     t0 = time.perf_counter()
     for _ in range(epochs):

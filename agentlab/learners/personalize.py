@@ -23,7 +23,7 @@ from agentlab.registry import BuildEnv, register
 from plasticity.adapter import is_population_task
 from scenarios.traces.objective import trace_losses
 from agentlab.learners.base import StatelessLearner
-from agentlab.learners.sgd import backward_step
+from agentlab.learners.sgd import backward_step, fast_kernels
 
 
 @dataclass(frozen=True)
@@ -90,7 +90,7 @@ class Personalize(StatelessLearner):
             raise ValueError("nothing to train: check the plasticity modules' freezing")
         population = is_population_task(task)
         lr = self.cfg.population_lr if population else self.cfg.lr
-        opt = torch.optim.Adam(params, lr=lr, weight_decay=self.cfg.weight_decay)
+        opt = torch.optim.Adam(params, lr=lr, weight_decay=self.cfg.weight_decay, **fast_kernels(params, fused=True))
         if population:
             for epoch in range(self.cfg.population_epochs):
                 for batch in task.train.batches(self.cfg.population_batch_size, shuffle=True, generator=ctx.generator, task_id=task.id):

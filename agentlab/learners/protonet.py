@@ -32,6 +32,7 @@ from torch import Tensor
 from agentlab.config import check
 from agentlab.registry import BuildEnv, register
 from agentlab.learners.base import StatelessLearner
+from agentlab.learners.sgd import fast_kernels
 
 
 def prototypes(z: Tensor, y: Tensor, ways: int) -> Tensor:
@@ -119,7 +120,8 @@ class ProtoNet(StatelessLearner):
             return
         shots = c.train_shots or int(task.meta.get("shots", 1))
         ways = min(c.train_ways, task.train.pool.n_classes)
-        opt = torch.optim.Adam(agent.trainable_parameters(), lr=c.lr, weight_decay=c.weight_decay)
+        params = list(agent.trainable_parameters())
+        opt = torch.optim.Adam(params, lr=c.lr, weight_decay=c.weight_decay, **fast_kernels(params, fused=True))
         sched = torch.optim.lr_scheduler.StepLR(opt, c.lr_halve_every, 0.5) if c.lr_halve_every else None
         agent.train()
         start, self.episodes_done = time.perf_counter(), 0

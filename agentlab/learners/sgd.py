@@ -61,16 +61,24 @@ def make_optimizer(params: Iterable[torch.nn.Parameter], cfg: Any) -> torch.opti
     params = list(params)
     if not params:
         raise ValueError("the agent has no trainable parameters for this task; check the plasticity modules' freezing")
-    # PyTorch runs one small kernel per tensor per update on the CPU unless asked for the multi-tensor (foreach)
-    # or fused kernels; same update rule, and measured here on LeNet 300-100 at batch 60, one thread: a whole
-    # training step in 5.6 ms (default) / 2.7 ms (foreach) / 2.0 ms (fused Adam).
-    multi = {"foreach": True} if all(p.is_floating_point() for p in params) else {}
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, **multi)
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, **fast_kernels(params))
     if cfg.optimizer == "rmsprop":
-        return torch.optim.RMSprop(params, lr=cfg.lr, weight_decay=cfg.weight_decay, **multi)
-    fused = {"fused": True} if multi and len({p.device.type for p in params}) == 1 else multi
-    return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, **fused)
+        return torch.optim.RMSprop(params, lr=cfg.lr, weight_decay=cfg.weight_decay, **fast_kernels(params))
+    return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, **fast_kernels(params, fused=True))
+
+
+def fast_kernels(params: Sequence[Tensor], *, fused: bool = False) -> dict[str, bool]:
+    """Keyword arguments that make a torch optimizer update all tensors in one multi-tensor (`foreach`)
+    or `fused` kernel: same update rule, fewer kernel launches. On the CPU PyTorch otherwise loops over
+    tensors with several small kernels each; measured on LeNet 300-100 at batch 60, one thread, a whole
+    training step took 5.6 ms (default), 2.7 ms (foreach), 2.0 ms (fused Adam). `fused` is for
+    Adam / AdamW / SGD, and only taken when every tensor is floating point on one device type."""
+    if not params or not all(t.is_floating_point() for t in params):
+        return {}
+    if fused and len({t.device.type for t in params}) == 1:
+        return {"fused": True}
+    return {"foreach": True}
 
 
 def make_schedule(optimizer: torch.optim.Optimizer, cfg: Any, steps: int) -> torch.optim.lr_scheduler.LRScheduler | None:
