@@ -163,3 +163,27 @@ def test_lottery_bench_averages_trials_round_by_round():
     b[1]["remaining"] = 0.4  # trials that pruned different amounts cannot be averaged
     with pytest.raises(ValueError, match="fraction remaining at round 1"):
         mean_rows([a, b])
+
+
+def test_early_stopping_every_n_steps_reports_the_step_of_minimum_validation_loss(monkeypatch):
+    import plasticity.lottery_imp as imp
+
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(260, 30, generator=g)
+    y = (x[:, 0] > 0).long()
+    task = Task(id=0, name="toy", kind="classification", train=Split(x[:200], y[:200]), eval=Split(x[200:], y[200:]))
+    # 150 training examples in batches of 30: 5 steps per epoch, 15 steps; checks at steps 4, 8, 12 and the end (15).
+    losses = iter([3.0, 1.0, 2.0, 2.5] * 2)
+    monkeypatch.setattr(imp, "_mean_loss", lambda *a: next(losses))
+    accs = iter([0.1 * k for k in range(1, 40)])
+    monkeypatch.setattr(imp, "evaluate", lambda *a, **k: type("R", (), {"acc": next(accs)})())
+    agent, _ = _agent(LotteryConfig(prune_fraction=0.5, output_fraction=0.2))
+    cfg = IMPConfig(epochs=3, lr=0.01, batch_size=30, rounds=1, control=False, validation=50, eval_every=4)
+    ctx = FitContext(generator=torch.Generator().manual_seed(0), task_index=0, n_tasks=1, log_scalar=lambda *a: None)
+    rows = imp.run_imp(agent, task, cfg, ctx)
+    # evaluate() runs at step 4 (new best), step 8 (new best), then once after training (the last accuracy).
+    assert rows[0]["ticket_epoch"] == pytest.approx(8 / 5) and rows[1]["ticket_epoch"] == pytest.approx(8 / 5)
+    assert rows[0]["ticket_acc"] == pytest.approx(0.2) and rows[0]["ticket_last_acc"] == pytest.approx(0.3)
+    assert rows[1]["ticket_acc"] == pytest.approx(0.5) and rows[1]["ticket_last_acc"] == pytest.approx(0.6)
+    with pytest.raises(ValueError, match="eval_every"):
+        IMPConfig(eval_every=-1)
