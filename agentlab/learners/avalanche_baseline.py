@@ -43,6 +43,11 @@ class AvalancheConfig(SGDConfig):
     """EWC: one penalty per task, or online EWC's single running one (Schwarz et al. 2018)"""
     ewc_decay: float = 1.0
     """online EWC: decay (gamma) of the old importances"""
+    ewc_fisher: Literal["minibatch", "per_example"] = "minibatch"
+    """EWC: `minibatch` is Avalanche's estimate (squared gradients of mini-batch means, about 1/batch of the Fisher);
+    `per_example` is the papers' diagonal Fisher (mean of squared per-example gradients; agentlab.learners.avalanche_ewc)"""
+    ewc_fisher_labels: Literal["predicted", "true"] = "predicted"
+    """EWC with the per-example Fisher: gradients of log p(predicted class) (van de Ven & Tolias) or of the true label"""
     si_lambda: float = 1.0
     """SI: weight c of the surrogate loss (Zenke et al. 2017)"""
     si_eps: float = 0.1
@@ -76,6 +81,8 @@ class AvalancheConfig(SGDConfig):
         super().__post_init__()
         check(self.ewc_lambda >= 0, "ewc_lambda", self.ewc_lambda, "a number >= 0")
         check(0 <= self.ewc_decay <= 1, "ewc_decay", self.ewc_decay, "in [0, 1]")
+        check(self.ewc_fisher in ("minibatch", "per_example"), "ewc_fisher", self.ewc_fisher, "'minibatch' or 'per_example'")
+        check(self.ewc_fisher_labels in ("predicted", "true"), "ewc_fisher_labels", self.ewc_fisher_labels, "'predicted' or 'true'")
         check(self.si_lambda >= 0, "si_lambda", self.si_lambda, "a number >= 0")
         check(self.si_eps > 0, "si_eps", self.si_eps, "a number > 0")
         check(self.lwf_alpha >= 0, "lwf_alpha", self.lwf_alpha, "a number >= 0")
@@ -99,6 +106,18 @@ def lwf_alphas(cfg: AvalancheConfig, n_tasks: int) -> float | list[float]:
     return [cfg.lwf_alpha * cfg.lwf_temperature**2 * e for e in range(max(n_tasks, 1))]
 
 
+def ewc_plugin(cfg: AvalancheConfig) -> Any:
+    """Avalanche's EWC plugin, with its Fisher estimate or the per-example one (`cfg.ewc_fisher`)."""
+    from avalanche.training.plugins import EWCPlugin
+
+    from agentlab.learners.avalanche_ewc import per_example_ewc_plugin
+
+    decay = cfg.ewc_decay if cfg.ewc_mode == "online" else None
+    if cfg.ewc_fisher == "per_example":
+        return per_example_ewc_plugin(cfg.ewc_lambda, mode=cfg.ewc_mode, decay_factor=decay, labels=cfg.ewc_fisher_labels)
+    return EWCPlugin(cfg.ewc_lambda, mode=cfg.ewc_mode, decay_factor=decay)
+
+
 def method_plugins(cfg: AvalancheConfig, n_tasks: int = 1) -> list[Any]:
     """Avalanche's plugin for `cfg.strategy` (Avalanche's strategy classes are the template plus these)."""
     from avalanche.training import plugins as P
@@ -107,7 +126,7 @@ def method_plugins(cfg: AvalancheConfig, n_tasks: int = 1) -> list[Any]:
 
     return {
         "naive": lambda: [],
-        "ewc": lambda: [P.EWCPlugin(cfg.ewc_lambda, mode=cfg.ewc_mode, decay_factor=cfg.ewc_decay if cfg.ewc_mode == "online" else None)],
+        "ewc": lambda: [ewc_plugin(cfg)],
         "si": lambda: [P.SynapticIntelligencePlugin(cfg.si_lambda, eps=cfg.si_eps)],
         "lwf": lambda: [per_task_lwf_plugin(lwf_alphas(cfg, n_tasks), cfg.lwf_temperature) if cfg.lwf_distill == "per_task"
                         else P.LwFPlugin(lwf_alphas(cfg, n_tasks), cfg.lwf_temperature)],
