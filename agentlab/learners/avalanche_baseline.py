@@ -52,6 +52,9 @@ class AvalancheConfig(SGDConfig):
     """SI: weight c of the surrogate loss (Zenke et al. 2017)"""
     si_eps: float = 0.1
     """SI: damping xi of the importance denominator (van de Ven & Tolias 2019 use 0.1)"""
+    si_clip: float = 0.001
+    """SI: clamp of each importance when a task ends; 0.001 is Avalanche's fixed value, 0 removes it (the paper's SI;
+    agentlab.learners.avalanche_si)"""
     lwf_alpha: float = 1.0
     """LwF: weight of the distillation loss (Li & Hoiem 2017)"""
     lwf_temperature: float = 2.0
@@ -85,6 +88,7 @@ class AvalancheConfig(SGDConfig):
         check(self.ewc_fisher_labels in ("predicted", "true"), "ewc_fisher_labels", self.ewc_fisher_labels, "'predicted' or 'true'")
         check(self.si_lambda >= 0, "si_lambda", self.si_lambda, "a number >= 0")
         check(self.si_eps > 0, "si_eps", self.si_eps, "a number > 0")
+        check(self.si_clip >= 0, "si_clip", self.si_clip, "a number >= 0 (0 = no clamp)")
         check(self.lwf_alpha >= 0, "lwf_alpha", self.lwf_alpha, "a number >= 0")
         check(self.lwf_temperature > 0, "lwf_temperature", self.lwf_temperature, "a number > 0")
         check(self.lwf_weighting in ("constant", "vandeven"), "lwf_weighting", self.lwf_weighting, "'constant' or 'vandeven'")
@@ -123,11 +127,12 @@ def method_plugins(cfg: AvalancheConfig, n_tasks: int = 1) -> list[Any]:
     from avalanche.training import plugins as P
 
     from agentlab.learners.avalanche_lwf import per_task_lwf_plugin
+    from agentlab.learners.avalanche_si import si_plugin
 
     return {
         "naive": lambda: [],
         "ewc": lambda: [ewc_plugin(cfg)],
-        "si": lambda: [P.SynapticIntelligencePlugin(cfg.si_lambda, eps=cfg.si_eps)],
+        "si": lambda: [si_plugin(cfg.si_lambda, eps=cfg.si_eps, clip=cfg.si_clip)],
         "lwf": lambda: [per_task_lwf_plugin(lwf_alphas(cfg, n_tasks), cfg.lwf_temperature) if cfg.lwf_distill == "per_task"
                         else P.LwFPlugin(lwf_alphas(cfg, n_tasks), cfg.lwf_temperature)],
         "replay": lambda: [P.ReplayPlugin(mem_size=cfg.mem_size)],
