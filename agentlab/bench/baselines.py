@@ -10,7 +10,11 @@ scenario (EWC lambda, SI c); LwF uses temperature 2.
 Fine-tuning and replay are our learners; EWC, SI and LwF are Avalanche's plugins
 run through the `avalanche` learner (Avalanche's EWC estimates the Fisher from
 mini-batch gradients and Avalanche's SI clips importances at 0.001, so the
-paper's lambda / c do not carry over one to one: see the notes in the result).
+paper's lambda / c do not carry over one to one: see the notes in the result;
+`ewc_fisher = "per_example"` and `si_clip = 0` are the papers' versions). SI
+runs with copied weight snapshots (`agentlab/learners/avalanche_si.py`): Avalanche
+0.6's own SI plugin does nothing on a CPU, and SI figures measured before session 4
+are therefore fine-tuning with extra steps.
 Replay keeps 1,000 examples (reservoir); the paper's table has no replay row.
 
 Each scenario is one run of our loop (`runs/bench/baselines[-quick]/<scenario>/`),
