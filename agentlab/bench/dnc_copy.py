@@ -59,7 +59,7 @@ def budgets(quick: bool, device: str, override: str = "") -> tuple[dict[str, tup
     elif torch.device(device).type == "cuda":
         out, batch = {"copy": (100000, 300.0), "lstm": (100000, 60.0), "repeat_copy": (100000, 120.0), "recall": (100000, 120.0)}, 64
     else:
-        out, batch = {"copy": (100000, 2400.0), "lstm": (100000, 600.0), "repeat_copy": (100000, 600.0), "recall": (100000, 600.0)}, 16
+        out, batch = {"copy": (100000, 2400.0), "lstm": (100000, 600.0), "repeat_copy": (100000, 3600.0), "recall": (100000, 600.0)}, 16
     for item in filter(None, (s.strip() for s in override.split(","))):
         part, _, secs = item.partition("=")
         try:
@@ -173,6 +173,10 @@ def bench_dnc_copy(args: BenchArgs, env: BuildEnv) -> BenchResult:
     if "bits_per_seq" in metrics:
         ok = metrics["bits_per_seq"] < 0.01
         goals["copy cost < 0.01 bits per sequence (trained lengths)"] = "met" if ok else f"NOT met ({metrics['bits_per_seq']:.3g})"
+    if "repeat_copy_bits_per_seq" in metrics:
+        ok = metrics["repeat_copy_bits_per_seq"] < 0.01
+        goals["repeat-copy cost < 0.01 bits per sequence (trained lengths)"] = (
+            "met" if ok else f"NOT met ({metrics['repeat_copy_bits_per_seq']:.3g})")
     notes = "quick mode: lengths 1-4 (generalisation 5-8), seconds of training; figures are not the headline" if q else ""
     if on_gpu:
         notes += f" trained on {device}: batch {batch}, {'compiled' if compile_steps else 'eager'} DNC steps, wall-clock budgets {dict((k, v[1]) for k, v in budget.items())} s;" \
