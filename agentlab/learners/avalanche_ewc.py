@@ -42,8 +42,8 @@ def per_example_fisher(
     `requires_grad` get zeros. `max_examples` > 0 stops after that many examples (0 = all)."""
     from torch.func import functional_call, grad, vmap
 
-    names = [n for n, p in model.named_parameters() if p.requires_grad]
     params = {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
+    names = list(params)
     frozen = {n: p.detach() for n, p in model.named_parameters() if not p.requires_grad}
     buffers = dict(model.named_buffers())
     fisher = {n: torch.zeros_like(p) for n, p in model.named_parameters()}
@@ -120,7 +120,7 @@ def _add_linear_fisher(model: torch.nn.Module, fisher: dict[str, Tensor], names:
 
 
 def per_example_ewc_plugin(ewc_lambda: float, *, mode: str = "separate", decay_factor: float | None = None,
-                           labels: Literal["predicted", "true"] = "predicted", max_examples: int = 0) -> Any:
+                           labels: Literal["predicted", "true"] = "predicted") -> Any:
     """Avalanche's `EWCPlugin` whose importances are the per-example Fisher of `per_example_fisher`."""
     from avalanche.training.plugins import EWCPlugin
     from avalanche.training.utils import ParamData
@@ -132,7 +132,7 @@ def per_example_ewc_plugin(ewc_lambda: float, *, mode: str = "separate", decay_f
             collate = getattr(dataset, "collate_fn", None)
             loader = DataLoader(dataset, batch_size=batch_size, collate_fn=collate, num_workers=num_workers)
             batches = ((b[0], b[1], b[-1]) for b in loader)
-            fisher = per_example_fisher(model, batches, labels=labels, max_examples=max_examples, device=device)
+            fisher = per_example_fisher(model, batches, labels=labels, device=device)
             return {n: ParamData(n, f.shape, device=f.device, init_tensor=f) for n, f in fisher.items()}
 
     return PerExampleEWC(ewc_lambda, mode=mode, decay_factor=decay_factor)
