@@ -53,7 +53,8 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--only", action="append", default=[], metavar="PART[,PART]",
                    help="run only these parts of a long benchmark (e.g. permuted/ewc); spread one benchmark over processes")
     b.add_argument("--resume", action="store_true",
-                   help="reuse the parts an earlier or killed invocation completed with the same settings")
+                   help="reuse the parts an earlier or killed invocation completed with the same settings, "
+                        "or continue a checkpointed benchmark run (supsup-pmnist)")
     b.add_argument("--data-root", help="where data sets live")
     b.add_argument("--device", default="cpu", help="torch device to train on: cpu (default), cuda or cuda:N; benchmarks that stay on the CPU refuse it")
     b.add_argument("--threads", type=int, help="PyTorch CPU threads (default: $AGENTLAB_THREADS, else PyTorch's choice)")
@@ -145,9 +146,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     entry = registry.get("bench", args.name)
     only = tuple(p.strip() for arg in args.only for p in arg.split(",") if p.strip())
-    if (only or args.resume) and not getattr(entry.factory, "supports_parts", False):
+    if only and not getattr(entry.factory, "supports_parts", False):
         with_parts = sorted(n for n, e in registry.entries("bench").items() if getattr(e.factory, "supports_parts", False))
-        raise UserError(f"benchmark {args.name!r} has no parts: drop --only / --resume (they work with: {', '.join(with_parts)})")
+        raise UserError(f"benchmark {args.name!r} has no parts: drop --only (it works with: {', '.join(with_parts)})")
+    if args.resume and not getattr(entry.factory, "supports_resume", False):
+        with_resume = sorted(n for n, e in registry.entries("bench").items() if getattr(e.factory, "supports_resume", False))
+        raise UserError(f"benchmark {args.name!r} has nothing to resume: drop --resume (it works with: {', '.join(with_resume)})")
     if args.device != "cpu" and not getattr(entry.factory, "supports_device", False):
         gpu = sorted(n for n, e in registry.entries("bench").items() if getattr(e.factory, "supports_device", False))
         raise UserError(f"benchmark {args.name!r} runs on the CPU only: drop --device (benchmarks that take it: {', '.join(gpu)})")

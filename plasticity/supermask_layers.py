@@ -105,7 +105,7 @@ class SupermaskLayer(nn.Module):
     """
 
     def __init__(self, base_layer: nn.Linear | nn.Conv2d, ctx: MaskContext, *, rule: MaskRule, density: float,
-                 cache_size: int = 8) -> None:
+                 cache_size: int = 8, stack_cache_bytes: int = 0) -> None:
         super().__init__()
         self.base_layer = base_layer
         self.ctx = ctx
@@ -115,6 +115,11 @@ class SupermaskLayer(nn.Module):
         self.frozen: list[int] = []
         self._cache: OrderedDict[int, Tensor] = OrderedDict()  # unpacked masks of recently used frozen tasks
         self._cache_size = cache_size
+        # Stacked masked weights W ⊙ M_i of superposition chunks, reused across batches while the
+        # candidate tasks stay the same: task inference otherwise unpacks every mask for every batch.
+        self._stacks: dict[tuple[int, ...], Tensor] = {}
+        self._stacks_of: tuple[int, ...] = ()
+        self.stack_cache_bytes = stack_cache_bytes
         self.soft_mask: Tensor | None = None  # (B, o, i) per-example masks set by Hopfield recovery
         for p in base_layer.parameters():
             p.requires_grad_(False)
@@ -137,6 +142,7 @@ class SupermaskLayer(nn.Module):
             return
         mask = binary_mask(self.scores[key].detach(), self.rule, self.density)
         self.register_buffer(f"mask_{t}", pack_bits(mask))
+        self._stacks, self._stacks_of = {}, ()
         del self.scores[key]
         if t not in self.frozen:
             self.frozen.append(t)
@@ -184,6 +190,7 @@ class SupermaskLayer(nn.Module):
                 if t not in self.scores:
                     self.scores[t] = nn.Parameter(torch.empty_like(value))
         self._cache.clear()
+        self._stacks, self._stacks_of = {}, ()
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
 
     # ---------------------------------------------------------------- computing
@@ -210,7 +217,7 @@ class SupermaskLayer(nn.Module):
         y = None
         for start in range(0, len(self.ctx.tasks), chunk):
             tasks = self.ctx.tasks[start : start + chunk]
-            w = torch.stack([self.weight * self.mask(t) for t in tasks])  # (k, o, i[, h, w])
+            w = self._stacked(tuple(tasks))  # (k, o, i[, h, w])
             z = self._apply_weight(x, rearrange(w, "k o ... -> (k o) ..."), None)
             if isinstance(self.base_layer, nn.Conv2d):
                 z = rearrange(z, "b (k o) h w -> b k o h w", k=len(tasks))
@@ -222,6 +229,27 @@ class SupermaskLayer(nn.Module):
         if bias is not None:
             y = y + (bias.view(-1, 1, 1) if isinstance(self.base_layer, nn.Conv2d) else bias)
         return y
+
+
+    def _stacked(self, tasks: tuple[int, ...]) -> Tensor:
+        """W ⊙ M_i for each task of one superposition chunk, (k, o, i[, h, w]).
+
+        Kept while the whole candidate list is unchanged and the stacks fit `stack_cache_bytes`
+        (first come, first kept: an LRU would evict the chunk needed next, as chunks are visited
+        in order). A task still training is never cached (its mask moves with its scores).
+        """
+        hit = self._stacks.get(tasks)
+        if hit is not None and hit.device == self.weight.device and hit.dtype == self.weight.dtype:
+            return hit
+        w = torch.stack([self.weight * self.mask(t) for t in tasks])
+        if all(t in self.frozen for t in tasks) and self.stack_cache_bytes > 0:
+            every = tuple(self.ctx.tasks)
+            if every != self._stacks_of:
+                self._stacks, self._stacks_of = {}, every
+            held = sum(v.numel() * v.element_size() for v in self._stacks.values())
+            if held + w.numel() * w.element_size() <= self.stack_cache_bytes:
+                self._stacks[tasks] = w
+        return w
 
 
 # ---------------------------------------------------------------------------- batch norm

@@ -54,6 +54,9 @@ class SupSupConfig:
     """examples that share one inferred task: 1 = each example alone, 0 = the whole batch"""
     infer_chunk: int = 256
     """examples per superposed forward (bounds memory)"""
+    stack_cache_mb: float = 1024.0
+    """memory (on the weights' device) for the masked weights W ⊙ M_i that task inference superposes,
+    kept across batches; 0 = unpack every mask for every batch (slow beyond a few tasks)"""
     hopfield: bool = False
     """also write each task's mask of `hopfield_layer` into a Hopfield store (logs size and recall error)"""
     hopfield_layer: str = ""
@@ -70,6 +73,7 @@ class SupSupConfig:
         check(self.real_outputs >= 1, "real_outputs", self.real_outputs, "an integer >= 1")
         check(self.infer_group >= 0, "infer_group", self.infer_group, "an integer >= 0")
         check(self.infer_chunk >= 1, "infer_chunk", self.infer_chunk, "an integer >= 1")
+        check(self.stack_cache_mb >= 0, "stack_cache_mb", self.stack_cache_mb, "a number of MiB >= 0")
         check(0.0 <= self.hopfield_noise < 0.5, "hopfield_noise", self.hopfield_noise, "in [0, 0.5)")
         check(self.hopfield_steps >= 1, "hopfield_steps", self.hopfield_steps, "an integer >= 1")
         check(self.infer != "hopfield" or self.hopfield, "infer", self.infer, "'oneshot', 'binary' or 'entropy' unless hopfield = true")
@@ -118,7 +122,8 @@ class SupSup(PlasticityModule):
                         signed_constant_(mod.weight, density=self.cfg.density, scale_fan=self.cfg.scale_fan)
                     elif self.cfg.init == "kaiming_normal":
                         nn.init.kaiming_normal_(mod.weight)
-                    layer = SupermaskLayer(mod, self.ctx, rule=self.cfg.rule, density=self.cfg.density)
+                    layer = SupermaskLayer(mod, self.ctx, rule=self.cfg.rule, density=self.cfg.density,
+                                           stack_cache_bytes=int(self.cfg.stack_cache_mb * 2**20))
                     _replace(backbone, name, layer)
                     self._layers[name] = layer
                 elif isinstance(mod, nn.modules.batchnorm._BatchNorm):

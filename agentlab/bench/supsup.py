@@ -8,15 +8,21 @@
                     with >= 99% inference (notebook: 92.4%, 100%).
                     $AGENTLAB_SUPSUP_TASKS runs the full settings on fewer tasks (a partial run,
                     reported as such) when 250 do not fit the machine.
+                    The full mode checkpoints after every task in runs/bench/supsup-pmnist-run/;
+                    Ctrl-C (or SIGINT from `timeout -s INT`) stops it after the current step and
+                    `agentlab bench supsup-pmnist --resume` continues it, so 250 tasks can be spread
+                    over several commands of limited length.
     supsup-split    Split MNIST class-incremental, solved through task inference.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import resource
 import time
+from pathlib import Path
 from typing import Any
 
 from agentlab import recipe as recipes
@@ -31,11 +37,14 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def run_recipe_table(name: str, overrides: list[str], args: BenchArgs) -> dict[str, Any]:
-    """Run a shipped recipe with overrides (no run directory); each agent's label -> (RunResult, Agent).
+def run_recipe_table(name: str, overrides: list[str], args: BenchArgs, *, out_dir: Path | None = None,
+                     resume: bool = False) -> dict[str, Any]:
+    """Run a shipped recipe with overrides; each agent's label -> (RunResult, Agent).
 
     The same steps as `agentlab.runner.run_recipe`, kept here so the benchmark can read the
-    agents' modules afterwards (FNNSP's fraction of weights updated, SupSup's store).
+    agents' modules afterwards (FNNSP's fraction of weights updated, SupSup's store). With
+    `out_dir`, each agent checkpoints after every task into `out_dir/<label>` and `resume`
+    continues from there; without it nothing is written.
     """
     from agentlab.loop import run
     from agentlab.registry import BuildEnv
@@ -53,12 +62,39 @@ def run_recipe_table(name: str, overrides: list[str], args: BenchArgs) -> dict[s
     for label, spec in resolved.agents.items():
         generator = seed_everything(resolved.seed)
         agent = recipes.build_agent(label, spec, env)
-        cfg = dataclasses.replace(resolved.loop, checkpoint=False)
-        out[label] = (run(agent, stream, generator=generator, cfg=cfg), agent)
+        if out_dir is None:
+            cfg = dataclasses.replace(resolved.loop, checkpoint=False)
+            out[label] = (run(agent, stream, generator=generator, cfg=cfg), agent)
+        else:
+            cfg = dataclasses.replace(resolved.loop, checkpoint=True, keep_checkpoints=1)
+            out[label] = (run(agent, stream, generator=generator, cfg=cfg, out_dir=out_dir / label, resume=resume), agent)
     return out
 
 
-@register_bench("supsup-pmnist", device=True)
+def _work_dir(args: BenchArgs, settings: dict[str, Any]) -> Path:
+    """The full mode's checkpoint directory: fresh for a new run, the same settings for --resume."""
+    from agentlab.checkpoint import atomic_write_text
+    from agentlab.errors import UserError
+
+    work = Path("runs") / "bench" / "supsup-pmnist-run"
+    record = work / "settings.json"
+    if args.resume:
+        if not record.is_file():
+            raise UserError(f"--resume: {work} holds no supsup-pmnist run to continue; run without --resume first")
+        saved = json.loads(record.read_text())
+        if saved != settings:
+            raise UserError(f"--resume: the run in {work} has other settings ({saved}) than this one ({settings}); "
+                            "resume with the same --seed and $AGENTLAB_SUPSUP_TASKS, or delete that directory")
+    else:
+        if work.exists() and any(work.iterdir()):
+            raise UserError(f"{work} holds checkpoints of an earlier supsup-pmnist run: continue it with --resume, "
+                            "or delete the directory to start again")
+        work.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(record, json.dumps(settings))
+    return work
+
+
+@register_bench("supsup-pmnist", device=True, resumable=True)
 def bench_supsup_pmnist(args: BenchArgs, env: BuildEnv) -> BenchResult:
     """Permuted MNIST, task inferred from one image (GNu): SupSup (FC 1024-1024; quick: FC 300-300)."""
     full_tasks = 250
@@ -69,11 +105,14 @@ def bench_supsup_pmnist(args: BenchArgs, env: BuildEnv) -> BenchResult:
         # RAIVNLab/supsup mnist.ipynb: MultitaskFC(hidden_size=300), entropy of the output for inference.
         overrides += ["backbone.hidden=[300, 300]", "backbone.out_features=100", 'plasticity.0.objective="entropy"']
     else:
-        # The paper's budget: 1,000 batches of 128 per task.
-        overrides += ["learner.epochs=3", "learner.max_steps=1000"]
+        # The paper's budget: 1,000 batches of 128 per task. The masked weights of all 250 tasks
+        # (2.4 GB in float32) stay stacked for task inference instead of being unpacked per batch.
+        overrides += ["learner.epochs=3", "learner.max_steps=1000", "plasticity.0.stack_cache_mb=4096"]
+    work = None if args.quick else _work_dir(args, {"tasks": n, "seed": args.seed, "overrides": overrides[1:]})
     t0 = time.perf_counter()
-    r, agent = run_recipe_table("supsup-pmnist", overrides, args)["supsup"]
+    r, agent = run_recipe_table("supsup-pmnist", overrides, args, out_dir=work, resume=args.resume)["supsup"]
     wall = time.perf_counter() - t0
+    loop_s = r.timings["train_s"] + r.timings["eval_s"]  # summed over every invocation of a resumed run
     per_task = r.ledger[-1]["modules"]["supsup"]["per_task"] if r.ledger else {}
     bytes_per_task = sum(per_task.values()) / max(len(per_task), 1)
     m = r.metrics
@@ -83,9 +122,13 @@ def bench_supsup_pmnist(args: BenchArgs, env: BuildEnv) -> BenchResult:
         "task_inference_acc": r.task_inference.get(f"{len(r.history) - 1:03d}", float("nan")),
         "tasks": float(len(r.history)),
         "bytes_per_task": bytes_per_task,
-        "wall_s": wall,
+        "wall_s": loop_s,
         "peak_rss_mb": peak_rss_mb(),
     }
+    if args.device.startswith("cuda"):
+        import torch
+
+        metrics["peak_gpu_mb"] = torch.cuda.max_memory_allocated(args.device) / 2**20
     rows = [{"task": h["task"], "avg_acc": h["avg_acc"], "task_inference": r.task_inference.get(f"{h['task']:03d}"),
              "total_bytes": led["total_bytes"]} for h, led in zip(r.history, r.ledger)]
     target, inf_target = (0.92, 0.99) if args.quick else (0.95, 0.99)
@@ -99,8 +142,11 @@ def bench_supsup_pmnist(args: BenchArgs, env: BuildEnv) -> BenchResult:
     if sup.store is not None:
         metrics["hopfield_recall_bit_err"], metrics["hopfield_recall_exact"] = sup._recall or (float("nan"), float("nan"))
         metrics["hopfield_bytes"] = float(sup.store.nbytes())
-    notes = (f"{len(r.history)} tasks in {wall:.0f} s ({wall / max(len(r.history), 1):.1f} s per task, train "
-             f"{r.timings['train_s']:.0f} s, eval {r.timings['eval_s']:.0f} s); per-task state {bytes_per_task:.0f} B")
+    notes = (f"{len(r.history)} tasks in {loop_s:.0f} s ({loop_s / max(len(r.history), 1):.1f} s per task, train "
+             f"{r.timings['train_s']:.0f} s, eval {r.timings['eval_s']:.0f} s; this invocation {wall:.0f} s); "
+             f"per-task state {bytes_per_task:.0f} B")
+    if r.status != "completed":
+        notes += f"\n{r.status} after {len(r.history)} of {n} tasks ({r.message}): continue with `agentlab bench supsup-pmnist --resume`"
     return BenchResult(metrics, rows, goals, notes)
 
 
@@ -123,12 +169,15 @@ def bench_supsup_split(args: BenchArgs, env: BuildEnv) -> BenchResult:
     return BenchResult(metrics, rows, goals, f"best SupSup agent: {best}; wall {wall:.0f} s")
 
 
-def inference_scaling(ks: list[int], *, images: int = 8, seed: int = 0) -> list[dict[str, float]]:
-    """Where a k-task SupSup stands, without training k tasks: LeNet 300-100 with k random frozen masks.
+def inference_scaling(ks: list[int], *, images: int = 8, seed: int = 0, hidden: tuple[int, ...] = (300, 100),
+                      out_features: int = 10, device: str = "cpu", stack_cache_mb: float = 1024.0) -> list[dict[str, float]]:
+    """Where a k-task SupSup stands, without training k tasks: an MLP (LeNet 300-100 by default, the
+    paper's FC 1024-1024 with `hidden=(1024, 1024), out_features=500`) with k random frozen masks.
 
-    Measures the bytes the masks take, the process's resident memory, and the wall time of
-    one-shot task inference per image (k superposed sub-networks per image). Masks are random,
-    so the inferred tasks mean nothing; only cost is measured.
+    Measures the bytes the masks take, the process's resident memory (and the GPU's peak), and the
+    wall time of one-shot task inference per image (k superposed sub-networks per image), the
+    first batch (which stacks the masked weights) and a second one apart. Masks are random, so the
+    inferred tasks mean nothing; only cost is measured.
     """
     import torch
     from torch import nn
@@ -136,21 +185,38 @@ def inference_scaling(ks: list[int], *, images: int = 8, seed: int = 0) -> list[
     from agentlab.task import Task
     from plasticity.supsup import SupSup, SupSupConfig
 
+    def sync() -> None:
+        if device.startswith("cuda"):
+            torch.cuda.synchronize(device)
+
     rows = []
     for k in ks:
         torch.manual_seed(seed)
-        net = nn.Sequential(nn.Flatten(), nn.Linear(784, 300, bias=False), nn.ReLU(), nn.Linear(300, 100, bias=False),
-                            nn.ReLU(), nn.Linear(100, 10, bias=False))
-        sup = SupSup(SupSupConfig(), seed=seed)
+        sizes = [784, *hidden]
+        layers: list[nn.Module] = [nn.Flatten()]
+        for a, b in zip(sizes[:-1], sizes[1:]):
+            layers += [nn.Linear(a, b, bias=False), nn.ReLU()]
+        net = nn.Sequential(*layers, nn.Linear(sizes[-1], out_features, bias=False)).to(device)
+        sup = SupSup(SupSupConfig(rule="threshold", stack_cache_mb=stack_cache_mb), seed=seed)
         sup.attach(net)
+        if device.startswith("cuda"):
+            torch.cuda.reset_peak_memory_stats(device)
         for t in range(k):
             sup.on_task_start(Task(id=t, name=str(t), kind="classification", train=None, eval=None))
             sup.on_task_end(Task(id=t, name=str(t), kind="classification", train=None, eval=None))
-        x = torch.rand(images, 1, 28, 28)
-        t0 = time.perf_counter()
-        sup.infer_task(x, net)
-        per_image = (time.perf_counter() - t0) / images
+        x = torch.rand(images, 1, 28, 28, device=device)
+        times = []
+        for _ in range(2):
+            sync()
+            t0 = time.perf_counter()
+            sup.infer_task(x, net)
+            sync()
+            times.append((time.perf_counter() - t0) / images)
         mask_bytes = sum(sup.state_bytes().values())
-        rows.append({"tasks": k, "mask_bytes": mask_bytes, "bytes_per_task": mask_bytes / k,
-                     "infer_s_per_image": per_image, "peak_rss_mb": peak_rss_mb()})
+        row = {"tasks": k, "mask_bytes": mask_bytes, "bytes_per_task": mask_bytes / k,
+               "infer_s_per_image": times[-1], "first_batch_s_per_image": times[0], "peak_rss_mb": peak_rss_mb()}
+        if device.startswith("cuda"):
+            row["peak_gpu_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+        rows.append(row)
+        del sup, net
     return rows

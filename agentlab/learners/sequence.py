@@ -11,9 +11,10 @@ below `threshold` bits per sequence.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from agentlab.config import check
 from agentlab.learners.sgd import OptimizerConfig, backward_step, make_optimizer, with_terms
@@ -43,6 +44,9 @@ class SequenceConfig(OptimizerConfig):
     """curriculum: window length in steps"""
     time_budget_s: float = 0.0
     """stop a task after this many seconds of training; 0 = no limit (steps decide)"""
+    lr_schedule: Literal["constant", "cosine"] = "constant"
+    """learning rate over a task: constant, or cosine-annealed from `lr` to 0 over the task's budget
+    (the fraction of `steps` or of `time_budget_s` used, whichever is further along)"""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -53,6 +57,7 @@ class SequenceConfig(OptimizerConfig):
         check(self.threshold > 0, "threshold", self.threshold, "a number > 0")
         check(self.check_every >= 1, "check_every", self.check_every, "an integer >= 1")
         check(self.time_budget_s >= 0, "time_budget_s", self.time_budget_s, "a number >= 0")
+        check(self.lr_schedule in ("constant", "cosine"), "lr_schedule", self.lr_schedule, "'constant' or 'cosine'")
 
 
 class Curriculum:
@@ -90,9 +95,14 @@ class SequenceLearner(StatelessLearner):
         curriculum = self.curriculum = Curriculum(cfg, src.spec.max_len)
         t0 = time.perf_counter()
         self.steps_done = 0
-        for _ in range(cfg.steps):
-            if cfg.time_budget_s and time.perf_counter() - t0 > cfg.time_budget_s:
+        for step in range(cfg.steps):
+            elapsed = time.perf_counter() - t0
+            if cfg.time_budget_s and elapsed > cfg.time_budget_s:
                 break
+            if cfg.lr_schedule == "cosine":
+                done = max(step / cfg.steps, elapsed / cfg.time_budget_s if cfg.time_budget_s else 0.0)
+                for group in optimizer.param_groups:
+                    group["lr"] = cfg.lr * 0.5 * (1.0 + math.cos(math.pi * min(done, 1.0)))
             agent.train()
             b = src.batch(ctx.generator, cfg.batch_size, curriculum.current).to(ctx.device)
             logits = agent(b.x, task.id)
