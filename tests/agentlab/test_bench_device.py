@@ -45,3 +45,29 @@ def test_bench_refuses_device_where_it_stays_on_the_cpu(capsys):
     code = main(["bench", "hopfield-capacity", "--quick", "--device", "cuda"])
     err = capsys.readouterr().err
     assert code != 0 and "runs on the CPU only" in err and "set-mnist" in err
+
+
+def test_bench_resume_only_where_a_benchmark_can_continue(capsys):
+    from agentlab.cli import main
+
+    code = main(["bench", "hopfield-capacity", "--quick", "--resume"])
+    err = capsys.readouterr().err
+    assert code != 0 and "nothing to resume" in err and "supsup-pmnist" in err
+
+
+def test_supsup_pmnist_work_dir_guards_earlier_runs(tmp_path, monkeypatch):
+    """A new full run never overwrites an earlier run's checkpoints; --resume needs the same settings."""
+    from agentlab.bench import BenchArgs
+    from agentlab.bench.supsup import _work_dir
+
+    monkeypatch.chdir(tmp_path)
+    settings = {"tasks": 250, "seed": 0, "overrides": ["a=1"]}
+    with pytest.raises(UserError, match="no supsup-pmnist run to continue"):
+        _work_dir(BenchArgs(resume=True), settings)
+    work = _work_dir(BenchArgs(), settings)
+    (work / "supsup").mkdir()
+    with pytest.raises(UserError, match="continue it with --resume"):
+        _work_dir(BenchArgs(), settings)
+    assert _work_dir(BenchArgs(resume=True), settings) == work
+    with pytest.raises(UserError, match="other settings"):
+        _work_dir(BenchArgs(resume=True), {**settings, "tasks": 10})

@@ -60,3 +60,26 @@ def test_dnc_copy_budget_override_replaces_only_the_named_parts():
     for bad in ("repeat=10", "copy=-1", "copy=ten", "copy"):
         with pytest.raises(UserError, match="AGENTLAB_DNC_BUDGET_S"):
             budgets(False, "cpu", bad)
+
+
+@pytest.mark.parametrize("schedule", ["constant", "cosine"])
+def test_sequence_learner_cosine_rate_anneals_to_zero_over_the_steps(schedule, monkeypatch):
+    import math
+
+    import agentlab.learners.sequence as seq
+    from agentlab.agent import Agent
+    from agentlab.context import FitContext
+    from memory.dnc.modules import LSTMSequenceModel
+    from scenarios.algorithmic import AlgorithmicConfig, algorithmic_stream
+
+    rates = []
+    real_step = seq.backward_step
+    monkeypatch.setattr(seq, "backward_step", lambda opt, *a, **k: (rates.append(opt.param_groups[0]["lr"]), real_step(opt, *a, **k)))
+    task = algorithmic_stream(AlgorithmicConfig(tasks=["copy"], bits=4, min_len=1, max_len=3, n_eval=4))[0]
+    cfg = seq.SequenceConfig(steps=8, batch_size=2, lr=0.01, lr_schedule=schedule)
+    agent = Agent(LSTMSequenceModel(6, 4, 8), learner=seq.SequenceLearner(cfg))
+    agent.learner.fit(agent, task, FitContext(generator=torch.Generator().manual_seed(0), task_index=0, n_tasks=1))
+    want = [0.01 * (0.5 * (1 + math.cos(math.pi * s / 8)) if schedule == "cosine" else 1.0) for s in range(8)]
+    assert rates == pytest.approx(want)
+    with pytest.raises(Exception, match="lr_schedule"):
+        seq.SequenceConfig(lr_schedule="linear")  # type: ignore[arg-type]

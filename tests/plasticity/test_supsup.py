@@ -226,3 +226,43 @@ def test_config_errors_name_the_key():
         SupSupConfig(infer="hopfield", hopfield=False)
     with pytest.raises(ValueError, match="matches no Linear"):
         SupSup(SupSupConfig(layers="nothing")).attach(mlp())
+
+
+def test_stacked_masked_weights_give_the_same_inference_and_stay_in_budget():
+    """Task inference with the masked weights kept across batches equals unpacking every mask each time;
+    the cache holds no more than its budget and forgets stacks when the candidate tasks change."""
+    stream = permuted_stream()
+    agents = {}
+    for mb in (0.0, 1.0, 0.02):  # none, all, about one chunk of 64x20 + 64x64 + 64x4 floats per layer
+        torch.manual_seed(0)
+        agent = Agent(mlp(20, 4), plasticity=[SupSup(SupSupConfig(infer="oneshot", stack_cache_mb=mb))],
+                      learner=FineTune(SGDConfig(epochs=2, lr=0.003, batch_size=32)))
+        for i in range(3):
+            train(agent, stream[i])
+        agent.eval()
+        agents[mb] = agent
+    x = stream[2].eval.x
+    guesses = {mb: [a.infer_task(x), a.infer_task(x)] for mb, a in agents.items()}
+    for mb in (1.0, 0.02):
+        assert torch.equal(guesses[mb][0], guesses[0.0][0]) and torch.equal(guesses[mb][1], guesses[0.0][0])
+    for mb, agent in agents.items():
+        for layer in agent.plasticity[0]._layers.values():
+            held = sum(v.numel() * v.element_size() for v in layer._stacks.values())
+            assert held <= mb * 2**20
+            if mb == 1.0:
+                assert list(layer._stacks) == [(0, 1, 2)]  # one chunk of all three tasks, kept
+            if mb == 0.0:
+                assert not layer._stacks
+    # A fourth task changes the candidates: the old stacks go.
+    agent = agents[1.0]
+    train(agent, stream[0].__class__(id=3, name="perm/3", kind="classification", train=stream[1].train,
+                                     eval=stream[1].eval, classes=(0, 1, 2, 3)))
+    agent.eval()
+    agent.infer_task(x)
+    for layer in agent.plasticity[0]._layers.values():
+        assert list(layer._stacks) == [(0, 1, 2, 3)]
+
+
+def test_stack_cache_budget_is_checked():
+    with pytest.raises(Exception, match="stack_cache_mb"):
+        SupSupConfig(stack_cache_mb=-1.0)
