@@ -174,9 +174,9 @@ def task_rng(seed: int, i: int) -> np.random.Generator:
     return np.random.default_rng([seed, i])
 
 
-def task_permutation(seed: int, i: int) -> Tensor:
-    """The pixel permutation (784,) of task i."""
-    return torch.from_numpy(task_rng(seed, i).permutation(INPUT_SHAPE[1] * INPUT_SHAPE[2])).long()
+def task_permutation(seed: int, i: int, side: int = INPUT_SHAPE[1]) -> Tensor:
+    """The pixel permutation (side², 784 by default) of task i."""
+    return torch.from_numpy(task_rng(seed, i).permutation(side * side)).long()
 
 
 # MNIST's training-set pixel mean and standard deviation (the usual Normalize((0.1307,), (0.3081,))).
@@ -184,15 +184,20 @@ MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
 
 
 class PermutePixels:
-    """uint8 images (b, 1, 28, 28) -> floats in [0, 1] (or standardised) with pixel p moved from position perm[p]."""
+    """uint8 images (b, 1, 28, 28) -> floats in [0, 1] (or standardised) with pixel p moved from position perm[p];
+    with `pad`, the images get `pad` rows and columns of black on every side first (28 + 2 pad square), and
+    the permutation moves the padding too (van de Ven & Tolias's code pads MNIST to 32 x 32, then permutes)."""
 
-    def __init__(self, perm: Tensor | None, normalize: bool = False) -> None:
+    def __init__(self, perm: Tensor | None, normalize: bool = False, pad: int = 0) -> None:
         self.perm = perm  # (p,) or None for the unpermuted task
         self.normalize = normalize
+        self.pad = pad
         self.to_float = ToUnitFloat()
 
     def __call__(self, x: Tensor) -> Tensor:
         x = self.to_float(x)
+        if self.pad:
+            x = torch.nn.functional.pad(x, (self.pad,) * 4)
         if self.normalize:
             x = (x - MNIST_MEAN) / MNIST_STD
         if self.perm is None:
@@ -230,6 +235,8 @@ class PermutedMNISTConfig:
     """permutation seed: task i's permutation comes from the pair (seed, i)"""
     first_unpermuted: bool = False
     """task 0 is plain MNIST (as in van de Ven & Tolias 2019's code)"""
+    pad: int = 0
+    """black pixels added on every side before permuting: 2 gives the 32 x 32 images of van de Ven & Tolias's code"""
     normalize: bool = False
     """standardise pixels with MNIST's mean 0.1307 and std 0.3081 (as SupSup's reference code); false = [0, 1]"""
     max_per_task: int = 0
@@ -242,6 +249,7 @@ class PermutedMNISTConfig:
     def __post_init__(self) -> None:
         check(self.n_tasks >= 1, "n_tasks", self.n_tasks, "an integer >= 1")
         check(self.seed >= 0, "seed", self.seed, "an integer >= 0")
+        check(0 <= self.pad <= 16, "pad", self.pad, "an integer in [0, 16]")
         check(self.max_per_task >= 0, "max_per_task", self.max_per_task, "an integer >= 0")
         check(self.max_eval_per_task >= 0, "max_eval_per_task", self.max_eval_per_task, "an integer >= 0")
 
@@ -276,7 +284,7 @@ class RotatedMNISTConfig:
 
 
 def transformed_stream(
-    name: str, root: Path | str, cfg: Any, transform_of: Any, describe: Any
+    name: str, root: Path | str, cfg: Any, transform_of: Any, describe: Any, input_shape: tuple[int, ...] = INPUT_SHAPE
 ) -> LazyStream:
     """Tasks sharing one uint8 copy of MNIST, task i seen through `transform_of(i)` (built on demand)."""
     xtr, ytr = load_tensors("mnist", root, train=True)
@@ -301,14 +309,19 @@ def transformed_stream(
         )
 
     n_classes = 10 * cfg.n_tasks if scenario == "class" else 10
-    return LazyStream(f"{name}-{cfg.n_tasks}", scenario, cfg.n_tasks, make, n_classes=n_classes, input_shape=INPUT_SHAPE)
+    return LazyStream(f"{name}-{cfg.n_tasks}", scenario, cfg.n_tasks, make, n_classes=n_classes, input_shape=input_shape)
 
 
 def permuted_stream(root: Path | str, cfg: PermutedMNISTConfig) -> LazyStream:
-    def transform_of(i: int) -> PermutePixels:
-        return PermutePixels(None if (cfg.first_unpermuted and i == 0) else task_permutation(cfg.seed, i), cfg.normalize)
+    side = INPUT_SHAPE[1] + 2 * cfg.pad
 
-    return transformed_stream("permuted-mnist", root, cfg, transform_of, lambda i: f"perm{cfg.seed}.{i}")
+    def transform_of(i: int) -> PermutePixels:
+        perm = None if (cfg.first_unpermuted and i == 0) else task_permutation(cfg.seed, i, side)
+        return PermutePixels(perm, cfg.normalize, cfg.pad)
+
+    pad = f"pad{cfg.pad}." if cfg.pad else ""
+    return transformed_stream("permuted-mnist", root, cfg, transform_of, lambda i: f"perm{cfg.seed}.{pad}{i}",
+                              input_shape=(INPUT_SHAPE[0], side, side))
 
 
 def task_angle(cfg: RotatedMNISTConfig, i: int) -> float:

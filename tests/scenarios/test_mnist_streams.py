@@ -73,6 +73,22 @@ def test_permutation_matches_avalanche_pixels_permutation(data_root):
     assert torch.equal(x, ref)
 
 
+def test_permuted_mnist_padded_to_32_permutes_the_padding_too(data_root):
+    """pad=2: van de Ven & Tolias's 32 x 32 images; the unpermuted task is the image inside a black frame,
+    a permuted task holds the same pixel values (the 1024 - 784 zeros of the frame included) in new places."""
+    s = permuted_mnist(data_root, n_tasks=2, pad=2, first_unpermuted=True, max_per_task=8, max_eval_per_task=8)
+    assert s.input_shape == (1, 32, 32)
+    plain = permuted_mnist(data_root, n_tasks=1, first_unpermuted=True, max_per_task=8, max_eval_per_task=8)[0]
+    x0, _ = s[0].train.all()
+    x1, _ = s[1].train.all()
+    raw, _ = plain.train.all()
+    assert x0.shape == x1.shape == (8, 1, 32, 32)
+    assert torch.equal(x0[:, :, 2:30, 2:30], raw) and float(x0[:, :, :2].abs().sum()) == 0.0
+    assert not torch.equal(x1, x0)
+    assert torch.equal(x1.flatten(1).sort(1).values, x0.flatten(1).sort(1).values)
+    assert s[1].name != plain.name
+
+
 def test_permuted_class_scenario_offsets_labels(data_root):
     s = permuted_mnist(data_root, n_tasks=3, scenario="class", max_per_task=20, max_eval_per_task=5, first_unpermuted=True)
     assert s.n_classes == 30 and s[2].classes == tuple(range(20, 30))
