@@ -89,14 +89,14 @@ def check_device(device: str) -> str:
 
 
 def register_bench(name: str, parts: bool = False, device: bool = False,
-                   resumable: bool = False) -> Callable[[Callable[[BenchArgs, BuildEnv], BenchResult]], Any]:
-    """Register a benchmark; `parts=True` if it honours `BenchArgs.only` and `BenchArgs.resume`,
-    `resumable=True` if it has no parts but continues a checkpointed run on `BenchArgs.resume`,
+                   resumable: bool | None = None) -> Callable[[Callable[[BenchArgs, BuildEnv], BenchResult]], Any]:
+    """Register a benchmark; `parts=True` if it honours `BenchArgs.only`, `resumable` if it honours
+    `BenchArgs.resume` (reusing completed parts, or continuing a checkpointed run; None = as `parts`),
     `device=True` if it trains on `BenchArgs.device` (the others refuse `--device` other than cpu)."""
 
     def wrap(fn: Callable[[BenchArgs, BuildEnv], BenchResult]) -> Any:
         fn.supports_parts = parts  # type: ignore[attr-defined]
-        fn.supports_resume = parts or resumable  # type: ignore[attr-defined]
+        fn.supports_resume = parts if resumable is None else resumable  # type: ignore[attr-defined]
         fn.supports_device = device  # type: ignore[attr-defined]
         return register("bench", name, BenchArgs)(fn)
 

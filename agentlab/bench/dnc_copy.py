@@ -121,14 +121,12 @@ def steps_per_second(seed: int, n: int = 10, controller: str = "lstm") -> float:
     return n / (time.perf_counter() - t0)
 
 
-@register_bench("dnc-copy", parts=True, device=True)
+@register_bench("dnc-copy", parts=True, device=True, resumable=False)
 def bench_dnc_copy(args: BenchArgs, env: BuildEnv) -> BenchResult:
     """DNC vs LSTM on copy / repeat-copy (bits per sequence, lengths 1-20 and 21-40), recall, speed."""
     from memory.dnc.modules import DNCConfig, DNCSequenceModel, LSTMSequenceModel, make_dnc
     from scenarios.algorithmic import AlgorithmicConfig, algorithmic_stream
 
-    if args.resume:
-        raise UserError("dnc-copy has no --resume: run its parts separately with --only (copy, lstm, repeat_copy, recall)")
     unknown = [p for p in args.only if p not in PARTS]
     if unknown:
         raise UserError(f"dnc-copy --only {unknown}: its parts are {list(PARTS)}")
