@@ -230,7 +230,6 @@ class SupermaskLayer(nn.Module):
             y = y + (bias.view(-1, 1, 1) if isinstance(self.base_layer, nn.Conv2d) else bias)
         return y
 
-
     def _stacked(self, tasks: tuple[int, ...]) -> Tensor:
         """W ⊙ M_i for each task of one superposition chunk, (k, o, i[, h, w]).
 

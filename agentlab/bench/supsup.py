@@ -62,12 +62,9 @@ def run_recipe_table(name: str, overrides: list[str], args: BenchArgs, *, out_di
     for label, spec in resolved.agents.items():
         generator = seed_everything(resolved.seed)
         agent = recipes.build_agent(label, spec, env)
-        if out_dir is None:
-            cfg = dataclasses.replace(resolved.loop, checkpoint=False)
-            out[label] = (run(agent, stream, generator=generator, cfg=cfg), agent)
-        else:
-            cfg = dataclasses.replace(resolved.loop, checkpoint=True, keep_checkpoints=1)
-            out[label] = (run(agent, stream, generator=generator, cfg=cfg, out_dir=out_dir / label, resume=resume), agent)
+        cfg = dataclasses.replace(resolved.loop, checkpoint=out_dir is not None, keep_checkpoints=1)
+        agent_dir = None if out_dir is None else out_dir / label
+        out[label] = (run(agent, stream, generator=generator, cfg=cfg, out_dir=agent_dir, resume=resume), agent)
     return out
 
 

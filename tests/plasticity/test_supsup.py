@@ -255,8 +255,8 @@ def test_stacked_masked_weights_give_the_same_inference_and_stay_in_budget():
                 assert not layer._stacks
     # A fourth task changes the candidates: the old stacks go.
     agent = agents[1.0]
-    train(agent, stream[0].__class__(id=3, name="perm/3", kind="classification", train=stream[1].train,
-                                     eval=stream[1].eval, classes=(0, 1, 2, 3)))
+    train(agent, Task(id=3, name="perm/3", kind="classification", train=stream[1].train, eval=stream[1].eval,
+                      classes=(0, 1, 2, 3)))
     agent.eval()
     agent.infer_task(x)
     for layer in agent.plasticity[0]._layers.values():
