@@ -1,21 +1,23 @@
 """`baselines`: fine-tuning, EWC, SI, LwF and replay on Split MNIST (task/domain/class) and Permuted MNIST-10.
 
 Settings of van de Ven & Tolias 2019 ("Three scenarios for continual learning")
-as in their reference code's defaults: Split MNIST with an MLP 2x400, Adam lr
-0.001, batch 128, 2,000 iterations per task; Permuted MNIST-10 (task 0
-unpermuted, domain-incremental) with an MLP 2x1000, Adam lr 0.0001, batch 128,
-5,000 iterations per task. Regularisation strengths are their code's per
-scenario (EWC lambda, SI c); LwF uses temperature 2.
+as in their reference code's defaults: Split MNIST (28x28) with an MLP 2x400, Adam
+lr 0.001, batch 128, 2,000 iterations per task; Permuted MNIST-10 (task 0
+unpermuted, domain-incremental, MNIST padded to 32x32 and the frame permuted too)
+with an MLP 2x1000, Adam lr 0.0001, batch 128, 5,000 iterations per task. Every
+method keeps one Adam for the whole stream (their default). Regularisation
+strengths are their code's per scenario (EWC lambda, SI c), converted to
+Avalanche's scale; LwF uses temperature 2 and their loss weighting.
 
 Fine-tuning and replay are our learners; EWC, SI and LwF are Avalanche's plugins
-run through the `avalanche` learner (Avalanche's EWC estimates the Fisher from
-mini-batch gradients and Avalanche's SI clips importances at 0.001, so the
-paper's lambda / c do not carry over one to one: see the notes in the result;
-`ewc_fisher = "per_example"` and `si_clip = 0` are the papers' versions). SI
-runs with copied weight snapshots (`agentlab/learners/avalanche_si.py`): Avalanche
-0.6's own SI plugin does nothing on a CPU, and SI figures measured before session 4
-are therefore fine-tuning with extra steps.
-Replay keeps 1,000 examples (reservoir); the paper's table has no replay row.
+run through the `avalanche` learner, with the papers' versions where Avalanche's
+differ: EWC with the per-example Fisher (`ewc_fisher = "per_example"`; Avalanche
+squares mini-batch gradients, about 1/batch of it), SI with copied weight
+snapshots and no clamp of the importances (`si_clip = 0`; Avalanche 0.6's plugin
+does nothing on a CPU and clamps at 0.001), LwF distilling each previous head on
+its own in task-IL (`lwf_distill = "per_task"`). See docs/streams.md for what each
+change moved. Replay keeps 1,000 examples (reservoir); the paper's table has no
+replay row.
 
 Each scenario is one run of our loop (`runs/bench/baselines[-quick]/<scenario>/`),
 so its report, TensorBoard events and summary.json are the usual ones.
@@ -50,20 +52,22 @@ PAPER = {
     ("finetune", "permuted"): 78.51, ("ewc", "permuted"): 94.31, ("si", "permuted"): 95.33, ("lwf", "permuted"): 72.64,
 }
 
-# Their reference code's regularisation strengths per experiment and scenario.
+# Their reference code's regularisation strengths per experiment and scenario, in their scale: the EWC loss
+# lambda/2 sum F (theta - theta*)^2 and the SI loss c sum Omega (theta - theta*)^2. Avalanche's plugins compute
+# lambda sum F (...)^2 and lambda/2 sum Omega (...)^2, so ours get lambda/2 and 2c.
 EWC_LAMBDA = {"split_task": 1e5, "split_domain": 1e10, "split_class": 1e9, "permuted": 100.0}
 SI_C = {"split_task": 10.0, "split_domain": 50000.0, "split_class": 5000.0, "permuted": 10.0}
 
 
 def _learner(method: str, scenario: str, lr: float, steps: int) -> dict[str, Any]:
-    base = {"lr": lr, "batch_size": 128, "optimizer": "adam", "epochs": 10_000, "max_steps": steps}
+    base = {"lr": lr, "batch_size": 128, "optimizer": "adam", "epochs": 10_000, "max_steps": steps, "keep_optimizer": True}
     if method == "finetune":
         return {"name": "finetune", **base}
     if method == "replay":
         return {"name": "replay", "buffer_size": 1000, "policy": "reservoir", **base}
     extra = {
-        "ewc": {"ewc_lambda": EWC_LAMBDA[scenario]},
-        "si": {"si_lambda": SI_C[scenario], "si_eps": 0.1},
+        "ewc": {"ewc_lambda": EWC_LAMBDA[scenario] / 2, "ewc_fisher": "per_example"},
+        "si": {"si_lambda": 2 * SI_C[scenario], "si_eps": 0.1, "si_clip": 0.0},
         "lwf": {"lwf_alpha": 1.0, "lwf_temperature": 2.0, "lwf_weighting": "vandeven"},
     }[method]
     if method == "lwf" and scenario == "split_task":
@@ -76,7 +80,7 @@ def _learner(method: str, scenario: str, lr: float, steps: int) -> dict[str, Any
 def scenario_table(scenario: str, quick: bool, seed: int) -> dict[str, Any]:
     """The recipe table of one scenario with one agent per method."""
     if scenario == "permuted":
-        stream = {"name": "permuted-mnist", "n_tasks": 10, "first_unpermuted": True, "scenario": "domain"}
+        stream = {"name": "permuted-mnist", "n_tasks": 10, "first_unpermuted": True, "scenario": "domain", "pad": 2}
         hidden, lr, steps = [1000, 1000], 0.0001, 25 if quick else 5000
         if quick:
             stream.update(max_per_task=2000, max_eval_per_task=300)
@@ -160,7 +164,7 @@ def bench_baselines(args: BenchArgs, env: BuildEnv) -> BenchResult:
         gap = 100 * metrics[key] - paper
         goals[f"{key} within 3 points of {paper}"] = "met" if abs(gap) <= 3 else f"NOT met ({100 * metrics[key]:.2f}, {gap:+.2f})"
     notes = (
-        "accuracies are fractions; paper figures in %. Avalanche's EWC uses mini-batch squared gradients as the Fisher and "
-        "its SI clips importances at 0.001, so the paper's lambda/c are weaker here; quick mode trains 20x fewer iterations."
+        "accuracies are fractions; paper figures in %. Reference-code settings: one Adam per stream, Permuted MNIST at "
+        "32x32, EWC per-example Fisher, SI without clamp; quick mode trains 40-200x fewer iterations on fewer examples."
     )
     return BenchResult(metrics, rows, goals, notes)

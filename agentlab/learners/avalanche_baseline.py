@@ -64,8 +64,6 @@ class AvalancheConfig(SGDConfig):
     T^2-scaled distillation 1 - 1/t on task t (van de Ven & Tolias 2019)"""
     active_outputs: bool = False
     """without task labels, train over the output units of the classes seen so far (van de Ven & Tolias 2019)"""
-    keep_optimizer: bool = False
-    """one optimizer for the whole stream (moments carried across tasks) instead of a fresh one per task"""
     lwf_distill: Literal["avalanche", "per_task"] = "avalanche"
     """LwF: `avalanche` (task-IL: only task 0's classes are distilled) or `per_task` (each previous task's classes on
     their own softmax, averaged: van de Ven & Tolias; equal to avalanche in domain- and class-IL)"""

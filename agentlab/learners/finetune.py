@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from agentlab.data import Split
-from agentlab.learners.sgd import SGDConfig, make_optimizer, make_schedule, supervised_step
+from agentlab.learners.sgd import KeptOptimizer, SGDConfig, make_optimizer, make_schedule, supervised_step
 from agentlab.registry import BuildEnv, register
 from agentlab.learners.base import StatelessLearner
 
@@ -20,11 +20,20 @@ def require_classification(task: Any, learner: str) -> None:
 
 def train_split(
     agent: Any, task: Any, split: Split, cfg: Any, ctx: Any, *, step_fn: Any = None, classes_by_task: Any = None,
-    on_epoch: Any = None,
+    on_epoch: Any = None, optimizers: KeptOptimizer | None = None,
 ) -> None:
     """Epochs of supervised steps over `split`; `step_fn(batch, optimizer)` may replace the plain step (replay);
-    `on_epoch(epoch)` runs after each epoch (early stopping bookkeeping)."""
-    optimizer = make_optimizer(agent.trainable_parameters(), cfg)
+    `on_epoch(epoch)` runs after each epoch (early stopping bookkeeping); `optimizers` keeps one optimizer across
+    tasks when `cfg.keep_optimizer` (learners that support it pass theirs)."""
+    if optimizers is not None:
+        optimizer = optimizers.for_task(agent.trainable_parameters(), cfg)
+    elif getattr(cfg, "keep_optimizer", False):
+        raise ValueError(
+            "keep_optimizer = true is not supported by this learner (it builds a fresh optimizer for every task); "
+            "learners that keep one: finetune, replay, joint, avalanche"
+        )
+    else:
+        optimizer = make_optimizer(agent.trainable_parameters(), cfg)
     per_epoch = -(-len(split) // cfg.batch_size)
     schedule = make_schedule(optimizer, cfg, cfg.epochs * per_epoch)
     steps = 0
@@ -54,10 +63,18 @@ class FineTune(StatelessLearner):
 
     def __init__(self, cfg: SGDConfig) -> None:
         self.cfg = cfg
+        self.optimizers = KeptOptimizer()
 
     def fit(self, agent: Any, task: Any, ctx: Any) -> None:
         require_classification(task, self.name)
-        train_split(agent, task, task.train, self.cfg, ctx)
+        train_split(agent, task, task.train, self.cfg, ctx, optimizers=self.optimizers)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Nothing, or the kept optimizer's moments with `keep_optimizer`."""
+        return {"optimizer": self.optimizers.state_dict()} if self.cfg.keep_optimizer else {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.optimizers.load_state_dict(state.get("optimizer", {}))
 
 
 @register("learner", "finetune", SGDConfig)

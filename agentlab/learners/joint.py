@@ -10,10 +10,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from agentlab.data import concat_splits
-from agentlab.learners.finetune import require_classification, train_split
+from agentlab.learners.finetune import FineTune, require_classification, train_split
 from agentlab.learners.sgd import SGDConfig
 from agentlab.registry import BuildEnv, register
-from agentlab.learners.base import StatelessLearner
 
 
 @dataclass(frozen=True)
@@ -21,18 +20,15 @@ class JointConfig(SGDConfig):
     """Cumulative joint training over all tasks seen so far (same fields as fine-tuning)."""
 
 
-class Joint(StatelessLearner):
+class Joint(FineTune):
     name = "joint"
-
-    def __init__(self, cfg: JointConfig) -> None:
-        self.cfg = cfg
 
     def fit(self, agent: Any, task: Any, ctx: Any) -> None:
         require_classification(task, self.name)
         seen = ctx.seen_tasks()
         union = concat_splits([t.train for t in seen], [t.id for t in seen])
         classes = {t.id: t.classes for t in seen}
-        train_split(agent, task, union, self.cfg, ctx, classes_by_task=classes)
+        train_split(agent, task, union, self.cfg, ctx, classes_by_task=classes, optimizers=self.optimizers)
 
 
 @register("learner", "joint", JointConfig)

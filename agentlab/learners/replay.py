@@ -22,7 +22,7 @@ from torch import Tensor
 from agentlab.config import check
 from agentlab.data import Batch
 from agentlab.learners.finetune import require_classification, train_split
-from agentlab.learners.sgd import SGDConfig, supervised_step
+from agentlab.learners.sgd import KeptOptimizer, SGDConfig, supervised_step
 from agentlab.registry import BuildEnv, register
 
 
@@ -137,6 +137,7 @@ class Replay:
         self.cfg = cfg
         self.buffer = ReplayBuffer(cfg.buffer_size, cfg.policy)
         self.classes_by_task: dict[int, Any] = {}
+        self.optimizers = KeptOptimizer()
 
     def fit(self, agent: Any, task: Any, ctx: Any) -> None:
         require_classification(task, self.name)
@@ -159,16 +160,18 @@ class Replay:
             self.buffer.add(batch.x, batch.y, task.id, ctx.generator)
             return losses
 
-        train_split(agent, task, task.train, self.cfg, ctx, step_fn=step)
+        train_split(agent, task, task.train, self.cfg, ctx, step_fn=step, optimizers=self.optimizers)
 
     def state_dict(self) -> dict[str, Any]:
         return {
             "buffer": self.buffer.state_dict(),
             "classes_by_task": {str(k): (list(v) if v is not None else None) for k, v in self.classes_by_task.items()},
+            "optimizer": self.optimizers.state_dict() if self.cfg.keep_optimizer else {},
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.buffer.load_state_dict(state["buffer"])
+        self.optimizers.load_state_dict(state.get("optimizer", {}))
         self.classes_by_task = {int(k): (tuple(v) if v is not None else None) for k, v in state["classes_by_task"].items()}
 
     def state_bytes(self) -> int:

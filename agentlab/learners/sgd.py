@@ -21,7 +21,7 @@ class OptimizerConfig:
     lr: float = 0.01
     """learning rate"""
     optimizer: Literal["sgd", "adam", "rmsprop"] = "adam"
-    """optimiser, rebuilt at the start of every task"""
+    """optimiser, rebuilt at the start of every task unless `keep_optimizer`"""
     momentum: float = 0.0
     """SGD momentum"""
     weight_decay: float = 0.0
@@ -48,6 +48,9 @@ class SGDConfig(OptimizerConfig):
     """stop a task after this many steps; 0 = no limit (epochs decide)"""
     lr_schedule: Literal["constant", "cosine"] = "constant"
     """learning rate over a task: constant, or cosine-annealed from `lr` to 0 over the task's steps"""
+    keep_optimizer: bool = False
+    """one optimizer for the whole stream (moments carried across tasks) instead of a fresh one per task, as the
+    reference code of van de Ven & Tolias 2019 does by default"""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -66,6 +69,43 @@ def make_optimizer(params: Iterable[torch.nn.Parameter], cfg: Any) -> torch.opti
     if cfg.optimizer == "rmsprop":
         return torch.optim.RMSprop(params, lr=cfg.lr, weight_decay=cfg.weight_decay, **fast_kernels(params))
     return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, **fast_kernels(params, fused=True))
+
+
+class KeptOptimizer:
+    """The optimizer of a learner's tasks: a fresh one per task, or with `cfg.keep_optimizer` one for the whole
+    stream (its moments carried from task to task) while the agent trains the same parameters; a plasticity
+    module that changes what is trained gets a fresh optimizer, as the Avalanche bridge does.
+
+    Its state is part of the learner's checkpoint, so a resumed run continues with the same moments.
+    """
+
+    def __init__(self) -> None:
+        self.optimizer: torch.optim.Optimizer | None = None
+        self._pending: dict[str, Any] | None = None
+
+    def for_task(self, params: Iterable[torch.nn.Parameter], cfg: Any) -> torch.optim.Optimizer:
+        params = list(params)
+        if cfg.keep_optimizer and self.optimizer is not None:
+            kept = [p for g in self.optimizer.param_groups for p in g["params"]]
+            if len(kept) == len(params) and all(a is b for a, b in zip(kept, params)):
+                return self.optimizer
+        self.optimizer = make_optimizer(params, cfg)
+        if cfg.keep_optimizer and self._pending is not None:
+            self.optimizer.load_state_dict(self._pending)
+        self._pending = None
+        return self.optimizer
+
+    def state_dict(self) -> dict[str, Any]:
+        """The kept optimizer's state with string keys (checkpoints hold JSON trees); empty before the first task."""
+        if self.optimizer is None:
+            return {}
+        state = self.optimizer.state_dict()
+        return {"state": {str(k): v for k, v in state["state"].items()}, "param_groups": state["param_groups"]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restored into the optimizer the next task builds (the parameters are known only then)."""
+        if state:
+            self._pending = {"state": {int(k): v for k, v in state["state"].items()}, "param_groups": state["param_groups"]}
 
 
 def fast_kernels(params: Sequence[Tensor], *, fused: bool = False) -> dict[str, bool]:
