@@ -165,7 +165,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     mode = "quick" if args.quick else "full"
     body = {"bench": args.name, "mode": mode, "metrics": result.metrics, "rows": result.rows, "goals": result.goals,
             "notes": result.notes, "wall_s": wall, "seed": args.seed, "device": _device_name(bargs.device), "versions": package_versions()}
-    stem = f"{args.name}{'-quick' if args.quick else ''}"
+    stem = f"{args.name}{'-quick' if args.quick else ''}{f'-seed{args.seed}' if args.seed else ''}"  # seeds never overwrite each other
     if only:  # a partial result never overwrites the whole benchmark's JSON
         stem += "-only-" + "+".join(p.replace("/", "-") for p in only)
     body["only"] = list(only)

@@ -43,6 +43,38 @@ def test_baselines_bench_tables_resolve(scenario, quick):
     assert set(resolved.agents) == set(METHODS)
 
 
+def test_baselines_seeds_vary_the_digit_pairs_and_the_first_permutation_as_the_reference():
+    from agentlab.bench.baselines import class_order, scenario_table
+
+    assert "class_order" not in scenario_table("split_task", False, 0)["stream"]  # 0..9, the stream's default
+    orders = [scenario_table("split_class", False, s)["stream"]["class_order"] for s in (1, 2)]
+    assert all(sorted(o) == list(range(10)) for o in orders) and orders[0] != orders[1] != list(range(10))
+    assert class_order(1) == orders[0]  # fixed by the seed
+    assert scenario_table("permuted", False, 0)["stream"]["first_unpermuted"]
+    assert not scenario_table("permuted", False, 3)["stream"]["first_unpermuted"]
+
+
+def test_baselines_seed_results_gather_repetitions_with_the_same_settings(tmp_path):
+    from agentlab.bench.baselines import scenario_table, seed_results
+
+    def arm(folder, seed, acc, status="completed", change=None):
+        table = scenario_table("split_domain", False, seed)
+        if change:
+            table["agents"]["si"]["learner"].update(change)
+        d = tmp_path / folder / "split_domain" / "si"
+        d.mkdir(parents=True)
+        (d / "summary.json").write_text(json.dumps({"status": status, "config": {"table": table}, "metrics": {"avg_acc": acc}}))
+
+    arm("baselines", 0, 0.60)
+    arm("baselines-seed1", 1, 0.70)
+    arm("baselines-seed2", 2, 0.50, status="interrupted")  # not a result
+    arm("baselines-seed3", 3, 0.90, change={"si_lambda": 1.0})  # other settings: not a repetition
+    arm("baselines-quick-seed4", 4, 0.10)  # the quick mode is another benchmark
+    table = scenario_table("split_domain", False, 1)
+    assert seed_results(tmp_path / "baselines-seed1", "split_domain", "si", table) == {0: 0.60, 1: 0.70}
+    assert seed_results(tmp_path / "baselines", "split_domain", "ewc", table) == {}
+
+
 def test_benches_registered():
     from agentlab import registry
 
