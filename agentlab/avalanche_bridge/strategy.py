@@ -43,7 +43,7 @@ from avalanche.training.templates import SupervisedTemplate
 
 from agentlab.agent import restrict_to_classes
 from agentlab.data import Batch
-from agentlab.learners.sgd import SGDConfig, make_optimizer
+from agentlab.learners.sgd import SGDConfig, make_optimizer, optimizes_exactly
 from agentlab.task import Task
 
 
@@ -167,10 +167,8 @@ class AgentStrategy(SupervisedTemplate):
         with `keep_optimizer` the current one is kept while it optimises the same parameters."""
         params = list(self.agent.trainable_parameters())
         self.optimized_param_id = {n: p for n, p in self.agent.named_parameters()}
-        if self.keep_optimizer:
-            kept = [p for g in self.optimizer.param_groups for p in g["params"]]
-            if len(kept) == len(params) and all(a is b for a, b in zip(kept, params)):
-                return
+        if self.keep_optimizer and optimizes_exactly(self.optimizer, params):
+            return
         self.optimizer = make_optimizer(params, self.sgd_cfg)
 
     # ------------------------------------------------------------------ the agent's hooks

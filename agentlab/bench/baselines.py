@@ -199,11 +199,12 @@ def bench_baselines(args: BenchArgs, env: BuildEnv) -> BenchResult:
             acc = float(r.metrics["avg_acc"])
             metrics[f"{method}_{scenario}_acc"] = acc
             # The paper's figures are means over seeds: other seeds' completed runs of this arm give ours.
-            seeds = seed_results(out, scenario, method, table)
-            mean = float(np.mean(list(seeds.values()))) if len(seeds) > 1 else acc
+            seeds = list(seed_results(out, scenario, method, table).values())
+            mean = acc
             if len(seeds) > 1:
+                mean = float(np.mean(seeds))
                 metrics[f"{method}_{scenario}_acc_mean"] = mean
-                metrics[f"{method}_{scenario}_acc_sd"] = float(np.std(list(seeds.values()), ddof=1))
+                metrics[f"{method}_{scenario}_acc_sd"] = float(np.std(seeds, ddof=1))
                 metrics[f"{method}_{scenario}_acc_seeds"] = float(len(seeds))
             paper = PAPER.get((method, scenario))
             rows.append({

@@ -27,7 +27,7 @@ def train_split(
     tasks when `cfg.keep_optimizer` (learners that support it pass theirs)."""
     if optimizers is not None:
         optimizer = optimizers.for_task(agent.trainable_parameters(), cfg)
-    elif getattr(cfg, "keep_optimizer", False):
+    elif cfg.keep_optimizer:
         raise ValueError(
             "keep_optimizer = true is not supported by this learner (it builds a fresh optimizer for every task); "
             "learners that keep one: finetune, replay, joint, avalanche"

@@ -71,6 +71,12 @@ def make_optimizer(params: Iterable[torch.nn.Parameter], cfg: Any) -> torch.opti
     return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, **fast_kernels(params, fused=True))
 
 
+def optimizes_exactly(optimizer: torch.optim.Optimizer, params: Sequence[torch.nn.Parameter]) -> bool:
+    """Whether `optimizer` updates exactly these parameter objects, in this order (a kept optimizer stays valid)."""
+    kept = [p for g in optimizer.param_groups for p in g["params"]]
+    return len(kept) == len(params) and all(a is b for a, b in zip(kept, params))
+
+
 class KeptOptimizer:
     """The optimizer of a learner's tasks: a fresh one per task, or with `cfg.keep_optimizer` one for the whole
     stream (its moments carried from task to task) while the agent trains the same parameters; a plasticity
@@ -85,10 +91,8 @@ class KeptOptimizer:
 
     def for_task(self, params: Iterable[torch.nn.Parameter], cfg: Any) -> torch.optim.Optimizer:
         params = list(params)
-        if cfg.keep_optimizer and self.optimizer is not None:
-            kept = [p for g in self.optimizer.param_groups for p in g["params"]]
-            if len(kept) == len(params) and all(a is b for a, b in zip(kept, params)):
-                return self.optimizer
+        if cfg.keep_optimizer and self.optimizer is not None and optimizes_exactly(self.optimizer, params):
+            return self.optimizer
         self.optimizer = make_optimizer(params, cfg)
         if cfg.keep_optimizer and self._pending is not None:
             self.optimizer.load_state_dict(self._pending)
