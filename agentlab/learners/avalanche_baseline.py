@@ -64,9 +64,14 @@ class AvalancheConfig(SGDConfig):
     T^2-scaled distillation 1 - 1/t on task t (van de Ven & Tolias 2019)"""
     active_outputs: bool = False
     """without task labels, train over the output units of the classes seen so far (van de Ven & Tolias 2019)"""
-    lwf_distill: Literal["avalanche", "per_task"] = "avalanche"
-    """LwF: `avalanche` (task-IL: only task 0's classes are distilled) or `per_task` (each previous task's classes on
-    their own softmax, averaged: van de Ven & Tolias; equal to avalanche in domain- and class-IL)"""
+    lwf_distill: Literal["avalanche", "per_task", "reference"] = "avalanche"
+    """LwF: `avalanche` (task-IL: only task 0's classes are distilled; class-IL: a softmax over the old classes),
+    `per_task` (each previous task's classes on their own softmax, averaged) or `reference` (per_task, and in
+    class-IL the softmax spans the current classes too, with target 0: van de Ven & Tolias's code;
+    agentlab.learners.avalanche_lwf)"""
+    lwf_class_mean: bool = False
+    """LwF: divide the distillation by the number of classes in its softmax (an early version of van de Ven &
+    Tolias's `loss_fn_kd`, which averaged over classes as well as the batch)"""
     mem_size: int = 200
     """Replay: examples in Avalanche's class-balanced-by-experience buffer"""
     patterns_per_exp: int = 256
@@ -90,7 +95,10 @@ class AvalancheConfig(SGDConfig):
         check(self.lwf_alpha >= 0, "lwf_alpha", self.lwf_alpha, "a number >= 0")
         check(self.lwf_temperature > 0, "lwf_temperature", self.lwf_temperature, "a number > 0")
         check(self.lwf_weighting in ("constant", "vandeven"), "lwf_weighting", self.lwf_weighting, "'constant' or 'vandeven'")
-        check(self.lwf_distill in ("avalanche", "per_task"), "lwf_distill", self.lwf_distill, "'avalanche' or 'per_task'")
+        check(self.lwf_distill in ("avalanche", "per_task", "reference"), "lwf_distill", self.lwf_distill,
+              "'avalanche', 'per_task' or 'reference'")
+        check(not (self.lwf_class_mean and self.lwf_distill == "avalanche"), "lwf_class_mean", self.lwf_class_mean,
+              "false with lwf_distill = 'avalanche' (set lwf_distill to 'per_task' or 'reference')")
         check(self.mem_size >= 1, "mem_size", self.mem_size, "an integer >= 1")
         check(self.patterns_per_exp >= 1, "patterns_per_exp", self.patterns_per_exp, "an integer >= 1")
         check(self.memory_strength >= 0, "memory_strength", self.memory_strength, "a number >= 0")
@@ -124,15 +132,14 @@ def method_plugins(cfg: AvalancheConfig, n_tasks: int = 1) -> list[Any]:
     """Avalanche's plugin for `cfg.strategy` (Avalanche's strategy classes are the template plus these)."""
     from avalanche.training import plugins as P
 
-    from agentlab.learners.avalanche_lwf import per_task_lwf_plugin
+    from agentlab.learners.avalanche_lwf import reference_lwf_plugin
     from agentlab.learners.avalanche_si import si_plugin
 
     return {
         "naive": lambda: [],
         "ewc": lambda: [ewc_plugin(cfg)],
         "si": lambda: [si_plugin(cfg.si_lambda, eps=cfg.si_eps, clip=cfg.si_clip)],
-        "lwf": lambda: [per_task_lwf_plugin(lwf_alphas(cfg, n_tasks), cfg.lwf_temperature) if cfg.lwf_distill == "per_task"
-                        else P.LwFPlugin(lwf_alphas(cfg, n_tasks), cfg.lwf_temperature)],
+        "lwf": lambda: [reference_lwf_plugin(lwf_alphas(cfg, n_tasks), cfg.lwf_temperature, cfg.lwf_distill, cfg.lwf_class_mean)],
         "replay": lambda: [P.ReplayPlugin(mem_size=cfg.mem_size)],
         "gem": lambda: [P.GEMPlugin(cfg.patterns_per_exp, cfg.memory_strength)],
         "agem": lambda: [P.AGEMPlugin(cfg.patterns_per_exp, cfg.sample_size)],

@@ -192,6 +192,98 @@ def test_per_task_lwf_distils_every_previous_head():
     assert torch.allclose(theirs._lwf_penalty(out, x, None), kd([0, 1]))
 
 
+def _kd(out, prev, cols, old_cols, T=2.0):
+    log_p = torch.log_softmax(out[:, cols] / T, 1)
+    q = torch.nn.functional.pad(torch.softmax(prev[:, old_cols] / T, 1), (0, len(cols) - len(old_cols)))
+    return -(q * log_p).sum(1).mean() + (q * torch.log(q.clamp_min(1e-30))).sum(1).mean()  # KL(q || p) by hand
+
+
+def test_reference_lwf_pads_the_current_classes_in_class_il():
+    from agentlab.learners.avalanche_lwf import reference_lwf_plugin
+
+    torch.manual_seed(0)
+    prev_model = torch.nn.Linear(6, 6)
+    x = torch.randn(5, 6)
+    with torch.no_grad():
+        prev = prev_model(x)
+
+    def penalty(mode, class_mean=False):
+        out = torch.randn(5, 6, generator=torch.Generator().manual_seed(1)).requires_grad_()
+        reg = reference_lwf_plugin(1.0, 2.0, mode=mode, class_mean=class_mean).lwf
+        reg.prev_model = prev_model
+        reg.prev_classes_by_task.update({0: {0, 1, 2, 3}})  # class-IL: two previous tasks, one task label
+        reg.current_classes_by_task = {0: {4, 5}}
+        loss = reg._lwf_penalty(out, x, None)
+        loss.backward()
+        return loss, out
+
+    ref, out = penalty("reference")
+    assert torch.allclose(ref, _kd(out.detach(), prev, [0, 1, 2, 3, 4, 5], [0, 1, 2, 3]))
+    # Target 0 on the new classes: the distillation pushes their logits down; over the old classes alone it cannot.
+    assert (out.grad[:, 4:] > 0).all()
+    per_task, out_pt = penalty("per_task")
+    assert torch.allclose(per_task, _kd(out_pt.detach(), prev, [0, 1, 2, 3], [0, 1, 2, 3]))
+    assert (out_pt.grad[:, 4:] == 0).all() and not torch.allclose(ref, per_task)
+    mean, _ = penalty("reference", class_mean=True)
+    assert torch.allclose(mean, ref / 6)  # the early loss_fn_kd: averaged over the softmax's 6 classes
+
+
+def test_reference_lwf_equals_per_task_when_the_current_classes_are_old_or_another_task():
+    from agentlab.learners.avalanche_lwf import reference_lwf_plugin
+
+    torch.manual_seed(0)
+    prev_model, x, out = torch.nn.Linear(6, 4), torch.randn(5, 6), torch.randn(5, 4)
+    values = []
+    for mode, current in [("per_task", {}), ("reference", {0: {0, 1}}), ("reference", {2: {2, 3}})]:
+        reg = reference_lwf_plugin(1.0, 2.0, mode=mode).lwf
+        reg.prev_model = prev_model
+        reg.prev_classes_by_task.update({0: {0, 1}, 1: {2, 3}})
+        reg.current_classes_by_task = current  # domain-IL: old classes again; task-IL: a new task label
+        values.append(reg._lwf_penalty(out, x, None))
+    assert torch.allclose(values[0], values[1]) and torch.allclose(values[0], values[2])
+
+
+def test_lwf_class_mean_needs_a_reference_distillation():
+    from agentlab.config import ConfigError
+    from agentlab.learners.avalanche_baseline import AvalancheConfig
+
+    with pytest.raises(ConfigError, match="lwf_class_mean"):
+        AvalancheConfig(strategy="lwf", lwf_class_mean=True)
+    with pytest.raises(ConfigError, match="lwf_distill"):
+        AvalancheConfig(strategy="lwf", lwf_distill="soft")
+    AvalancheConfig(strategy="lwf", lwf_class_mean=True, lwf_distill="reference")
+
+
+def test_reference_lwf_reads_each_experiences_classes(data_root, monkeypatch):
+    from agentlab.learners import avalanche_lwf
+
+    seen: list[dict] = []
+    orig = avalanche_lwf.reference_lwf_plugin
+
+    def spy(*a, **k):
+        plugin = orig(*a, **k)
+        hook = plugin.before_training_exp
+
+        def record(strategy, **kw):
+            hook(strategy, **kw)
+            seen.append(dict(plugin.lwf.current_classes_by_task))
+        plugin.before_training_exp = record
+        return plugin
+
+    monkeypatch.setattr(avalanche_lwf, "reference_lwf_plugin", spy)
+    table = {
+        "stream": {"name": "split-mnist", "scenario": "class", "max_per_task": 30, "max_eval_per_task": 10},
+        "loop": {"checkpoint": False, "eval_next": False},
+        "agents": {"lwf": {"backbone": {"name": "mlp", "hidden": [32]},
+                           "learner": {"name": "avalanche", "strategy": "lwf", "batch_size": 10, "max_steps": 2,
+                                       "lwf_distill": "reference", "lwf_class_mean": True, "active_outputs": True}}},
+    }
+    with tempfile.TemporaryDirectory() as d:
+        _, results = run_recipe(recipes.resolve("b", table), run_dir=Path(d) / "run", data_root=data_root)
+    assert results["lwf"].completed, results["lwf"].message
+    assert seen == [{0: {2 * i, 2 * i + 1}} for i in range(5)]
+
+
 def test_active_outputs_leave_units_of_unseen_classes_untouched(data_root):
     from agentlab.context import FitContext
     from agentlab.learners.avalanche_baseline import AvalancheBaseline, AvalancheConfig
