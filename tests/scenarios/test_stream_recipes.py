@@ -113,3 +113,16 @@ def test_lwf_vandeven_weighting_is_t_minus_1_times_t_squared():
     # (1/t) CE + (1 - 1/t) T^2 KD, times t: CE + (t - 1) T^2 KD on the t-th task (t = 1, 2, 3).
     assert lwf_alphas(cfg, 3) == [0.0, 4.0, 8.0]
     assert lwf_alphas(AvalancheConfig(strategy="lwf", lwf_alpha=0.5), 3) == 0.5
+
+
+def test_baselines_lwf_distils_as_the_reference_code():
+    from agentlab.bench.baselines import scenario_table
+    from agentlab.learners.avalanche_baseline import AvalancheConfig
+
+    for scenario in ("split_task", "split_domain", "split_class", "permuted"):
+        learner = dict(scenario_table(scenario, True, 0)["agents"]["lwf"]["learner"])
+        assert (learner["lwf_distill"], learner["lwf_class_mean"]) == ("reference", True)
+        # Class-IL trains on the classes seen so far, as their code; without task labels elsewhere it changes nothing.
+        assert learner.get("active_outputs", False) == (scenario == "split_class")
+        del learner["name"]
+        AvalancheConfig(**learner)  # a valid learner config
