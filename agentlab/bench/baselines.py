@@ -231,6 +231,6 @@ def bench_baselines(args: BenchArgs, env: BuildEnv) -> BenchResult:
         goals[f"{key} within 3 points of {paper}"] = f"{'met' if abs(gap) <= 3 else 'NOT met'} ({over}{100 * value:.2f}, {gap:+.2f})"
     notes = (
         "accuracies are fractions; paper figures in %. Reference-code settings: one Adam per stream, Permuted MNIST at "
-        "32x32, EWC per-example Fisher, SI without clamp; quick mode trains 40-200x fewer iterations on fewer examples."
+        "32x32, EWC per-example Fisher, SI without clamp, LwF distilling as their code (class-averaged); quick mode trains 40-200x fewer iterations on fewer examples."
     )
     return BenchResult(metrics, rows, goals, notes)
