@@ -18,8 +18,8 @@ does nothing on a CPU and clamps at 0.001), LwF distilling as their code does
 (`lwf_distill = "reference"`: each previous head on its own in task-IL, the current
 classes in the softmax with target 0 in class-IL; `lwf_class_mean`: averaged over the
 softmax's classes, as the early `loss_fn_kd` that matches the paper's LwF figures).
-See docs/streams.md for what each change moved. Replay keeps 1,000 examples (reservoir); the paper's table has no
-replay row.
+See docs/streams.md for what each change moved. Replay keeps 1,000 examples
+(reservoir); the paper's table has no replay row.
 
 Each scenario is one run of our loop (`runs/bench/baselines[-quick]/<scenario>/`),
 so its report, TensorBoard events and summary.json are the usual ones.

@@ -110,7 +110,8 @@ def lwf_alphas(cfg: AvalancheConfig, n_tasks: int) -> float | list[float]:
 
     van de Ven & Tolias (2019) train task t (1-based) on (1/t) CE + (1 - 1/t) T^2 KD. Multiplied by t that is
     CE + (t - 1) T^2 KD, i.e. Avalanche's CE + alpha KD with alpha = (t - 1) T^2 on its experience t - 1. The
-    factor t changes only the loss scale within a task, which Adam (rebuilt per task here) does not see."""
+    factor t changes only the loss scale within a task, which Adam does not see (rebuilt per task), or sees for
+    about a thousand steps while its second moments (beta2 0.999) catch up (kept across tasks)."""
     if cfg.lwf_weighting == "constant":
         return cfg.lwf_alpha
     return [cfg.lwf_alpha * cfg.lwf_temperature**2 * e for e in range(max(n_tasks, 1))]
