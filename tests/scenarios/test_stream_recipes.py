@@ -50,6 +50,9 @@ def test_baselines_seeds_vary_the_digit_pairs_and_the_first_permutation_as_the_r
     orders = [scenario_table("split_class", False, s)["stream"]["class_order"] for s in (1, 2)]
     assert all(sorted(o) == list(range(10)) for o in orders) and orders[0] != orders[1] != list(range(10))
     assert class_order(1) == orders[0]  # fixed by the seed
+    # The reference's pairs: np.random.seed(1); p = np.random.permutation(10) puts digit d in task p[d] // 2 with
+    # label p[d] % 2, here [[4, 6], [0, 5], [3, 9], [2, 7], [8, 1]] (first digit label 0).
+    assert class_order(1) == [4, 6, 0, 5, 3, 9, 2, 7, 8, 1]
     assert scenario_table("permuted", False, 0)["stream"]["first_unpermuted"]
     assert not scenario_table("permuted", False, 3)["stream"]["first_unpermuted"]
 
@@ -57,10 +60,12 @@ def test_baselines_seeds_vary_the_digit_pairs_and_the_first_permutation_as_the_r
 def test_baselines_seed_results_gather_repetitions_with_the_same_settings(tmp_path):
     from agentlab.bench.baselines import scenario_table, seed_results
 
-    def arm(folder, seed, acc, status="completed", change=None):
+    def arm(folder, seed, acc, status="completed", change=None, order=None):
         table = scenario_table("split_domain", False, seed)
         if change:
             table["agents"]["si"]["learner"].update(change)
+        if order:
+            table["stream"]["class_order"] = order
         d = tmp_path / folder / "split_domain" / "si"
         d.mkdir(parents=True)
         (d / "summary.json").write_text(json.dumps({"status": status, "config": {"table": table}, "metrics": {"avg_acc": acc}}))
@@ -70,9 +75,11 @@ def test_baselines_seed_results_gather_repetitions_with_the_same_settings(tmp_pa
     arm("baselines-seed2", 2, 0.50, status="interrupted")  # not a result
     arm("baselines-seed3", 3, 0.90, change={"si_lambda": 1.0})  # other settings: not a repetition
     arm("baselines-quick-seed4", 4, 0.10)  # the quick mode is another benchmark
-    table = scenario_table("split_domain", False, 1)
-    assert seed_results(tmp_path / "baselines-seed1", "split_domain", "si", table) == {0: 0.60, 1: 0.70}
-    assert seed_results(tmp_path / "baselines", "split_domain", "ewc", table) == {}
+    arm("baselines-seed5", 5, 0.80, order=list(range(9, -1, -1)))  # a digit order seed 5 no longer draws
+    def table_for(seed):
+        return scenario_table("split_domain", False, seed)
+    assert seed_results(tmp_path / "baselines-seed1", "split_domain", "si", table_for) == {0: 0.60, 1: 0.70}
+    assert seed_results(tmp_path / "baselines", "split_domain", "ewc", table_for) == {}
 
 
 def test_benches_registered():
