@@ -28,12 +28,12 @@ task on Split MNIST and 25 on Permuted MNIST (300 test examples), same code.
 Metrics: `<method>_<scenario>_acc` (average accuracy after the last task, a
 fraction), scenarios `split_task`, `split_domain`, `split_class`, `permuted`.
 
-Seeds: the paper's figures are means over seeds, each seed with its own digit
-order (Split) or first permutation (Permuted). `--seed N` runs into
-`runs/bench/baselines-seed<N>/` with the reference's seed-dependent order; once
-two or more seeds of an arm are complete with otherwise equal settings, the
-result adds `<key>_mean`, `<key>_sd` and `<key>_seeds`, and the goal is judged
-on the mean.
+Seeds: the paper's figures are means over seeds 1-20, each seed with its own digit
+pairs (Split) or first permutation (Permuted). `--seed N` runs into
+`runs/bench/baselines-seed<N>/` with the digit pairs the reference draws for N
+(`class_order`); once two or more seeds of an arm are complete with the settings
+their seeds give now, the result adds `<key>_mean`, `<key>_sd` and `<key>_seeds`,
+and the goal is judged on the mean.
 """
 
 from __future__ import annotations
