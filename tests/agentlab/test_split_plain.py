@@ -1,5 +1,6 @@
-"""The plain-PyTorch Split MNIST domain-IL check (`split-domain-plain`): its Fisher, its tasks, its methods."""
+"""The plain-PyTorch Split MNIST checks (`split-domain-plain`, `split-task-plain`): Fisher, tasks, methods, heads."""
 
+import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -7,18 +8,19 @@ from torch import nn
 from agentlab.bench.split_plain import fisher, pair_tasks, run_seed
 
 
-def test_fisher_equals_per_example_gradients_squared():
+@pytest.mark.parametrize("units", [slice(None), slice(2, 4)])
+def test_fisher_equals_per_example_gradients_squared(units):
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(20, 7), nn.ReLU(), nn.Linear(7, 5), nn.ReLU(), nn.Linear(5, 2))
+    model = nn.Sequential(nn.Linear(20, 7), nn.ReLU(), nn.Linear(7, 5), nn.ReLU(), nn.Linear(5, 2 if units == slice(None) else 6))
     x = torch.randn(50, 20)
     slow = {n: torch.zeros_like(p) for n, p in model.named_parameters()}
-    for xi in x:  # their loop: batch size 1, label = the model's prediction
-        out = model(xi[None])
+    for xi in x:  # their loop: batch size 1, label = the model's prediction among the task's units
+        out = model(xi[None])[:, units]
         model.zero_grad()
         F.cross_entropy(out, out.argmax(1)).backward()
         for n, p in model.named_parameters():
             slow[n] += p.grad**2
-    fast = fisher(model, x)
+    fast = fisher(model, x, units)
     for n in slow:
         torch.testing.assert_close(fast[n], slow[n] / 49, rtol=1e-5, atol=1e-7)
 
@@ -44,3 +46,10 @@ def test_methods_reduce_to_fine_tuning_at_strength_zero_and_differ_otherwise():
     assert run_seed("ewc", 3, train, test, iters=5, strength=0.0) == plain
     assert run_seed("si", 3, train, test, iters=5, strength=1e6) != plain
     assert run_seed("ewc", 3, train, test, iters=5, strength=1e9) != plain
+
+
+def test_multi_head_is_a_different_model_from_the_shared_head():
+    train, test = _tiny_tasks(0), _tiny_tasks(1)
+    shared = run_seed("finetune", 3, train, test, iters=5, strength=0.0)
+    heads = run_seed("finetune", 3, train, test, iters=5, strength=0.0, multi_head=True)
+    assert len(heads) == 5 and heads != shared
