@@ -17,13 +17,31 @@ PACKAGES = ("torch", "torchvision", "avalanche-lib", "gymnasium", "einops", "ten
 
 
 def package_versions() -> dict[str, str]:
+    """The packages' versions, and the CPU with the vector kernels torch chose on it: runs are deterministic on
+    one machine, but floating-point rounding differs between kernels, and a chaotic run (task-IL fine-tuning)
+    moves by points with it (docs/streams.md, ninth session), so a record says where it was made."""
+    import torch
+
     out = {"python": platform.python_version()}
     for name in PACKAGES:
         try:
             out[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             out[name] = "not installed"
+    out["cpu"] = cpu_name()
+    out["torch_cpu_kernels"] = torch.backends.cpu.get_cpu_capability()
     return out
+
+
+def cpu_name() -> str:
+    """The processor's model name (Linux's /proc/cpuinfo; elsewhere what `platform` knows)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
 
 
 def jsonable(o: Any) -> Any:

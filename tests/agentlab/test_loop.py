@@ -34,7 +34,8 @@ def test_matrix_and_summary(tmp_path):
     summary = json.loads((run_dir / "finetune" / "summary.json").read_text())
     assert summary["status"] == "completed" and len(summary["ledger"]) == 5
     assert summary["metrics"]["avg_acc"] == pytest.approx(float(np.mean(r.R[4])))
-    assert {"torch", "avalanche-lib", "python"} <= set(summary["versions"])
+    assert {"torch", "avalanche-lib", "python", "cpu", "torch_cpu_kernels"} <= set(summary["versions"])
+    assert summary["versions"]["cpu"] and summary["versions"]["torch_cpu_kernels"]
     assert list((run_dir / "finetune").glob("events.out.tfevents.*"))
 
 
