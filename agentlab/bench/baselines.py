@@ -76,17 +76,17 @@ def _learner(method: str, scenario: str, lr: float, steps: int) -> dict[str, Any
     if method == "replay":
         return {"name": "replay", "buffer_size": 1000, "policy": "reservoir", **base}
     extra = {
-        "ewc": {"ewc_lambda": EWC_LAMBDA[scenario] / 2, "ewc_fisher": "per_example"},
+        "ewc": {"ewc_lambda": EWC_LAMBDA[scenario] / 2, "ewc_fisher": "per_example", "ewc_fisher_outputs": "trained"},
         "si": {"si_lambda": 2 * SI_C[scenario], "si_eps": 0.1, "si_clip": 0.0},
         "lwf": {"lwf_alpha": 1.0, "lwf_temperature": 2.0, "lwf_weighting": "vandeven"},
     }[method]
+    if scenario == "split_class":
+        extra["active_outputs"] = True  # their class-IL trains every method on the classes seen so far (`active_classes`)
     if method == "lwf":
         # Their code's distillation (agentlab.learners.avalanche_lwf): each previous task's head on its own in
         # task-IL, the current classes in the softmax with target 0 in class-IL, and averaged over the softmax's
         # classes as the early loss_fn_kd (docs/streams.md, seventh session: the paper's LwF figures match it).
         extra.update(lwf_distill="reference", lwf_class_mean=True)
-        if scenario == "split_class":
-            extra["active_outputs"] = True  # their class-IL trains on the classes seen so far
     return {"name": "avalanche", "strategy": method, **extra, **base}
 
 

@@ -48,6 +48,9 @@ class AvalancheConfig(SGDConfig):
     `per_example` is the papers' diagonal Fisher (mean of squared per-example gradients; agentlab.learners.avalanche_ewc)"""
     ewc_fisher_labels: Literal["predicted", "true"] = "predicted"
     """EWC with the per-example Fisher: gradients of log p(predicted class) (van de Ven & Tolias) or of the true label"""
+    ewc_fisher_outputs: Literal["trained", "all"] = "trained"
+    """EWC with the per-example Fisher: p(y | x) over the output units the task trains on (its classes when
+    task-incremental, the seen classes with `active_outputs`; van de Ven & Tolias's `allowed_classes`) or over all"""
     si_lambda: float = 1.0
     """SI: weight c of the surrogate loss (Zenke et al. 2017)"""
     si_eps: float = 0.1
@@ -89,6 +92,7 @@ class AvalancheConfig(SGDConfig):
         check(0 <= self.ewc_decay <= 1, "ewc_decay", self.ewc_decay, "in [0, 1]")
         check(self.ewc_fisher in ("minibatch", "per_example"), "ewc_fisher", self.ewc_fisher, "'minibatch' or 'per_example'")
         check(self.ewc_fisher_labels in ("predicted", "true"), "ewc_fisher_labels", self.ewc_fisher_labels, "'predicted' or 'true'")
+        check(self.ewc_fisher_outputs in ("trained", "all"), "ewc_fisher_outputs", self.ewc_fisher_outputs, "'trained' or 'all'")
         check(self.si_lambda >= 0, "si_lambda", self.si_lambda, "a number >= 0")
         check(self.si_eps > 0, "si_eps", self.si_eps, "a number > 0")
         check(self.si_clip >= 0, "si_clip", self.si_clip, "a number >= 0 (0 = no clamp)")
@@ -125,7 +129,8 @@ def ewc_plugin(cfg: AvalancheConfig) -> Any:
 
     decay = cfg.ewc_decay if cfg.ewc_mode == "online" else None
     if cfg.ewc_fisher == "per_example":
-        return per_example_ewc_plugin(cfg.ewc_lambda, mode=cfg.ewc_mode, decay_factor=decay, labels=cfg.ewc_fisher_labels)
+        return per_example_ewc_plugin(cfg.ewc_lambda, mode=cfg.ewc_mode, decay_factor=decay, labels=cfg.ewc_fisher_labels,
+                                      outputs=cfg.ewc_fisher_outputs)
     return EWCPlugin(cfg.ewc_lambda, mode=cfg.ewc_mode, decay_factor=decay)
 
 

@@ -17,7 +17,10 @@ vectorised gradient per example (no Python loop over examples). Both are exact.
 
 `labels = "predicted"` takes y as the network's own most likely class, as van de
 Ven & Tolias's code does by default (the "true Fisher" at its mode);
-`labels = "true"` uses the data's labels (the empirical Fisher).
+`labels = "true"` uses the data's labels (the empirical Fisher). `outputs =
+"trained"` takes p(y | x) over the output units the task trains on (its own classes
+when task-incremental, the classes seen so far with `active_outputs`), as their code's
+`allowed_classes`; `"all"` over every unit.
 
 Note on scale: Avalanche's penalty is lambda * sum F (theta - theta*)^2; the
 reference code's is lambda * 1/2 * sum F (theta - theta*)^2, so its lambda
@@ -26,20 +29,26 @@ corresponds to half of it here.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Callable, Literal, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from agentlab.agent import restrict_to_classes
+
+ClassesFor = Callable[[int], Sequence[int] | None]
+
 
 def per_example_fisher(
     model: torch.nn.Module, batches: Any, *, labels: Literal["predicted", "true"] = "predicted",
-    max_examples: int = 0, device: str | torch.device = "cpu",
+    max_examples: int = 0, device: str | torch.device = "cpu", classes: ClassesFor | None = None,
 ) -> dict[str, Tensor]:
     """Diagonal Fisher of `model` (name -> tensor shaped like the parameter) from `(x, y, task_ids)` batches:
     the mean over examples of each example's squared gradient of -log p(y | x); parameters without
-    `requires_grad` get zeros. `max_examples` > 0 stops after that many examples (0 = all)."""
+    `requires_grad` get zeros. `max_examples` > 0 stops after that many examples (0 = all). `classes(task)`
+    names the output units p(y | x) spans for that task's examples (None: all)."""
+    classes = classes or (lambda task: None)
     from torch.func import functional_call, grad, vmap
 
     params = {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
@@ -50,6 +59,7 @@ def per_example_fisher(
 
     def nll(p: dict[str, Tensor], x: Tensor, y: Tensor, task: int) -> Tensor:
         out = functional_call(model, {**p, **frozen, **buffers}, (x.unsqueeze(0),), {"task_id": task})
+        out = restrict_to_classes(out, classes(task))
         target = out.detach().argmax(1) if labels == "predicted" else y.unsqueeze(0)
         return F.cross_entropy(out, target)
 
@@ -67,7 +77,7 @@ def per_example_fisher(
             for t in torch.unique(task_ids).tolist():  # the agent takes one task id per call
                 rows = (task_ids == t).nonzero().squeeze(1).to(device)
                 if linear_ok:
-                    linear_ok = _add_linear_fisher(model, fisher, names, x[rows], y[rows], int(t), labels)
+                    linear_ok = _add_linear_fisher(model, fisher, names, x[rows], y[rows], int(t), labels, classes(int(t)))
                 if not linear_ok:
                     per_example = vmap(grad(nll), in_dims=(None, 0, 0, None))(params, x[rows], y[rows], int(t))
                     for n in names:
@@ -81,7 +91,7 @@ def per_example_fisher(
 
 
 def _add_linear_fisher(model: torch.nn.Module, fisher: dict[str, Tensor], names: list[str], x: Tensor, y: Tensor,
-                       task: int, labels: str) -> bool:
+                       task: int, labels: str, allowed: Sequence[int] | None = None) -> bool:
     """Add the batch's per-example squared gradients to `fisher` in closed form; False (nothing added) unless every
     trainable parameter is the weight or bias of an `nn.Linear` called exactly once on 2-D inputs."""
     linears = {n: m for n, m in model.named_modules() if type(m) is torch.nn.Linear}
@@ -100,7 +110,7 @@ def _add_linear_fisher(model: torch.nn.Module, fisher: dict[str, Tensor], names:
 
     handles = [m.register_forward_hook(keep(n)) for n, m in linears.items()]
     try:
-        out = model(x, task_id=task)
+        out = restrict_to_classes(model(x, task_id=task), allowed)
     finally:
         for h in handles:
             h.remove()
@@ -120,19 +130,38 @@ def _add_linear_fisher(model: torch.nn.Module, fisher: dict[str, Tensor], names:
 
 
 def per_example_ewc_plugin(ewc_lambda: float, *, mode: str = "separate", decay_factor: float | None = None,
-                           labels: Literal["predicted", "true"] = "predicted") -> Any:
-    """Avalanche's `EWCPlugin` whose importances are the per-example Fisher of `per_example_fisher`."""
+                           labels: Literal["predicted", "true"] = "predicted",
+                           outputs: Literal["trained", "all"] = "trained") -> Any:
+    """Avalanche's `EWCPlugin` whose importances are the per-example Fisher of `per_example_fisher`, over the
+    output units the strategy trains (`outputs = "trained"`; our `AgentStrategy`'s task classes or seen classes)
+    or over all of them."""
     from avalanche.training.plugins import EWCPlugin
     from avalanche.training.utils import ParamData
     from torch.utils.data import DataLoader
 
     class PerExampleEWC(EWCPlugin):
+        def after_training_exp(self, strategy: Any, **kwargs: Any) -> None:
+            self.classes = trained_classes(strategy) if outputs == "trained" else None
+            super().after_training_exp(strategy, **kwargs)
+
         def compute_importances(self, model: Any, criterion: Any, optimizer: Any, dataset: Any, device: Any,
                                 batch_size: int, num_workers: int = 0) -> dict[str, Any]:
             collate = getattr(dataset, "collate_fn", None)
             loader = DataLoader(dataset, batch_size=batch_size, collate_fn=collate, num_workers=num_workers)
             batches = ((b[0], b[1], b[-1]) for b in loader)
-            fisher = per_example_fisher(model, batches, labels=labels, device=device)
+            fisher = per_example_fisher(model, batches, labels=labels, device=device, classes=getattr(self, "classes", None))
             return {n: ParamData(n, f.shape, device=f.device, init_tensor=f) for n, f in fisher.items()}
 
     return PerExampleEWC(ewc_lambda, mode=mode, decay_factor=decay_factor)
+
+
+def trained_classes(strategy: Any) -> ClassesFor | None:
+    """The output units `strategy` trains each task's examples on: the task's classes when task-incremental, the
+    classes seen so far with `active_outputs` (van de Ven & Tolias's "active classes"), else None (all units)."""
+    if getattr(strategy, "task_incremental", False):
+        by_label = strategy.classes_by_label
+        return lambda task: by_label.get(task)
+    if getattr(strategy, "active_outputs", False) and strategy.seen_classes:
+        seen = sorted(strategy.seen_classes)
+        return lambda task: seen
+    return None

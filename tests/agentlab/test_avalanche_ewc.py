@@ -17,13 +17,18 @@ from agentlab.learners.avalanche_ewc import per_example_fisher
 from agentlab.runner import run_recipe
 
 
-def _loop_fisher(agent, x, y, labels):
-    """The definition, one example at a time (van de Ven & Tolias's code computes it with batch size 1)."""
+def _loop_fisher(agent, x, y, labels, units=None):
+    """The definition, one example at a time (van de Ven & Tolias's code computes it with batch size 1), over the
+    output `units` (their `allowed_classes`; None: all)."""
     total = {n: torch.zeros_like(p) for n, p in agent.named_parameters()}
     for i in range(len(x)):
         agent.zero_grad()
         out = agent(x[i : i + 1], task_id=0)
+        if units is not None:
+            out = out[:, units]
         target = out.argmax(1) if labels == "predicted" else y[i : i + 1]
+        if units is not None and labels == "true":
+            target = torch.tensor([units.index(int(y[i]))])
         F.cross_entropy(out, target).backward()
         for n, p in agent.named_parameters():
             total[n] += p.grad.pow(2)
@@ -66,6 +71,34 @@ def test_per_example_fisher_equals_the_one_example_loop(labels, path, monkeypatc
     assert agent.get_parameter(w).grad.pow(2).sum() < 0.5 * got[w].sum()
 
 
+@pytest.mark.parametrize("labels", ["predicted", "true"])
+@pytest.mark.parametrize("path", ["closed_form", "vmap"])
+def test_per_example_fisher_over_the_trained_units_equals_the_loop_over_a_slice(labels, path):
+    torch.manual_seed(1)
+    agent = Agent(MLP(12, [16], 5) if path == "closed_form" else _NormedMLP())
+    units = [1, 3]
+    x, y = torch.randn(17, 12), torch.tensor(units)[torch.randint(0, 2, (17,))]
+    got = per_example_fisher(agent, [(x, y, torch.zeros(17, dtype=torch.long))], labels=labels, classes=lambda t: units)
+    want = _loop_fisher(agent, x, y, labels, units)
+    for n in want:
+        assert torch.allclose(got[n], want[n], atol=1e-7, rtol=1e-5), n
+    everything = per_example_fisher(agent, [(x, y, torch.zeros(17, dtype=torch.long))], labels=labels)
+    assert not torch.allclose(everything["backbone.layers.0.weight" if path == "closed_form" else "backbone.body.0.weight"],
+                              got["backbone.layers.0.weight" if path == "closed_form" else "backbone.body.0.weight"])
+
+
+def test_trained_classes_follow_the_strategy():
+    from types import SimpleNamespace
+
+    from agentlab.learners.avalanche_ewc import trained_classes
+
+    task_il = SimpleNamespace(task_incremental=True, classes_by_label={0: (0, 1), 1: (2, 3)})
+    assert trained_classes(task_il)(1) == (2, 3)
+    active = SimpleNamespace(task_incremental=False, active_outputs=True, seen_classes={5, 0, 3})
+    assert trained_classes(active)(0) == [0, 3, 5]
+    assert trained_classes(SimpleNamespace(task_incremental=False, active_outputs=False, seen_classes={1})) is None
+
+
 def test_per_example_fisher_respects_max_examples_and_refuses_no_data():
     agent = Agent(MLP(4, [3], 2))
     x, y, t = torch.randn(8, 4), torch.randint(0, 2, (8,)), torch.zeros(8, dtype=torch.long)
@@ -102,3 +135,5 @@ def test_ewc_fisher_option_picks_the_plugin_and_is_checked():
 
     with pytest.raises(ValueError, match="ewc_fisher"):
         AvalancheConfig(strategy="ewc", ewc_fisher="exact")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="ewc_fisher_outputs"):
+        AvalancheConfig(strategy="ewc", ewc_fisher_outputs="some")  # type: ignore[arg-type]
