@@ -133,3 +133,6 @@ def test_baselines_lwf_distils_as_the_reference_code():
         assert learner.get("active_outputs", False) == (scenario == "split_class")
         del learner["name"]
         AvalancheConfig(**learner)  # a valid learner config
+    for method in ("ewc", "si"):  # their class-IL trains every method on the seen classes (`active_classes`)
+        assert scenario_table("split_class", True, 0)["agents"][method]["learner"]["active_outputs"] is True
+        assert "active_outputs" not in scenario_table("split_domain", True, 0)["agents"][method]["learner"]
