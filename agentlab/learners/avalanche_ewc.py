@@ -48,8 +48,9 @@ def per_example_fisher(
     the mean over examples of each example's squared gradient of -log p(y | x); parameters without
     `requires_grad` get zeros. `max_examples` > 0 stops after that many examples (0 = all). `classes(task)`
     names the output units p(y | x) spans for that task's examples (None: all)."""
-    classes = classes or (lambda task: None)
     from torch.func import functional_call, grad, vmap
+
+    classes = classes or (lambda task: None)
 
     params = {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
     names = list(params)
