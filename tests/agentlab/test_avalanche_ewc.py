@@ -137,3 +137,36 @@ def test_ewc_fisher_option_picks_the_plugin_and_is_checked():
         AvalancheConfig(strategy="ewc", ewc_fisher="exact")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="ewc_fisher_outputs"):
         AvalancheConfig(strategy="ewc", ewc_fisher_outputs="some")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("outputs", ["trained", "all"])
+def test_task_il_fisher_spans_the_task_units_only_when_trained(data_root, monkeypatch, outputs):
+    # The plugin reads the strategy's classes after each task: with "trained" the output rows of every class
+    # outside the last task get no gradient, so their Fisher is exactly 0; with "all" they are not.
+    import agentlab.learners.avalanche_baseline as ab
+
+    captured = {}
+    orig = ab.AvalancheBaseline.__init__
+
+    def init(self, *a, **k):
+        orig(self, *a, **k)
+        captured["learner"] = self
+
+    monkeypatch.setattr(ab.AvalancheBaseline, "__init__", init)
+    table = {
+        "stream": {"name": "split-mnist", "scenario": "task", "max_per_task": 30, "max_eval_per_task": 10},
+        "loop": {"checkpoint": False, "eval_next": False},
+        "agents": {"ewc": {"backbone": {"name": "mlp", "hidden": [16]},
+                           "learner": {"name": "avalanche", "strategy": "ewc", "ewc_fisher": "per_example",
+                                       "ewc_fisher_outputs": outputs, "ewc_lambda": 100.0, "batch_size": 10, "max_steps": 2}}},
+    }
+    with tempfile.TemporaryDirectory() as d:
+        _, results = run_recipe(recipes.resolve("b", table), run_dir=Path(d) / "run", data_root=data_root)
+    assert results["ewc"].completed, results["ewc"].message
+    (plugin,) = [p for p in captured["learner"].strategy.plugins if type(p).__name__ == "PerExampleEWC"]
+    last = max(plugin.importances)
+    head = next(v.data for k, v in plugin.importances[last].items() if k.endswith("layers.2.weight"))  # (10, 16)
+    own = list(captured["learner"].strategy.classes_by_label.values())[-1]
+    others = [c for c in range(10) if c not in own]
+    assert head[list(own)].sum() > 0
+    assert (head[others].abs().sum() == 0) == (outputs == "trained")
