@@ -1,7 +1,7 @@
 """Where data sets live, and loaders for the files in it.
 
-One rule for every loader: the root is `--data-root`, else $AGENTLAB_DATA, else
-`~/.cache/agentlab/data` (see `agentlab.runner.default_data_root`). The layout
+One rule for every loader (`data_root`): the root is `--data-root` (or a run's saved root), else
+$AGENTLAB_DATA, else `$XDG_CACHE_HOME/agentlab/data` (`~/.cache/agentlab/data`). The layout
 is torchvision's (`root/MNIST/raw/...`), the same as Avalanche's `dataset_root`.
 Offline with files missing, loaders raise `DataNotFoundError` naming the
 expected files and how to provide them.
@@ -9,10 +9,22 @@ expected files and how to provide them.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Sequence
 
 from agentlab.errors import DataNotFoundError
+
+
+def data_root(given: str | Path | None = None) -> Path:
+    """The data root: `given` (the command line's `--data-root`, a run's or a benchmark's root), else
+    $AGENTLAB_DATA, else a per-user cache directory."""
+    if given:
+        return Path(given).expanduser()
+    if os.environ.get("AGENTLAB_DATA"):
+        return Path(os.environ["AGENTLAB_DATA"]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "agentlab" / "data"
 
 
 def require_files(root: Path, relpaths: Sequence[str], *, dataset: str, hint: str = "") -> list[Path]:

@@ -1,6 +1,5 @@
-"""`agentlab fewshot`: train an episode learner from a recipe, then report N-way K-shot test accuracy.
-
-    agentlab fewshot --ways 5 --shots 1 [--queries 15] [--episodes 1000] [RECIPE] [--set k=v ...]
+"""Few-shot evaluation: train an episode learner from a recipe, then report N-way K-shot test accuracy
+(the library behind `agentlab fewshot`).
 
 The recipe names an episode stream (e.g. `omniglot-episodes`) and agents with
 an episode learner (e.g. `protonet`). The command overrides the stream's test
@@ -12,7 +11,6 @@ and for the sequential protocol the accuracy at each sighting of a class.
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,7 +81,7 @@ def train_agent(resolved: Any, label: str, env: Any, task: Any) -> tuple[Any, fl
 
 def run_fewshot(resolved: Any, data_root: Path | None) -> tuple[Any, list[FewShotResult]]:
     """Train every agent of the recipe on task 0's training classes; evaluate on its test episodes."""
-    from scenarios.episode_eval import evaluate_episodes
+    from agentlab.scenarios.episode_eval import evaluate_episodes
 
     stream, task, env = prepare(resolved, data_root)
     results = []
@@ -111,43 +109,3 @@ def format_results(stream: Any, results: list[FewShotResult]) -> str:
             cells = "  ".join(f"{n}:{100 * a:.1f}%" for n, a in enumerate(r.by_sighting, start=1))
             lines.append(f"    accuracy by sighting of a class: {cells}")
     return "\n".join(lines)
-
-
-def cmd_fewshot(args: Any) -> int:
-    from agentlab import recipe as recipes
-    from agentlab.checkpoint import atomic_write_text
-    from agentlab.runner import default_data_root
-    from agentlab.summary import jsonable
-
-    name, table = recipes.read_recipe(args.recipe or DEFAULT_RECIPE)
-    overrides = protocol_overrides(args.ways, args.shots, args.queries, args.episodes, args.protocol, args.per_class)
-    if args.train_episodes is not None:
-        overrides.append(f"learner.episodes={args.train_episodes}")
-    overrides += list(args.overrides)
-    if args.seed is not None:
-        overrides.append(f"seed={args.seed}")
-    resolved = recipes.resolve(name, recipes.apply_overrides(table, overrides))
-    stream, results = run_fewshot(resolved, default_data_root(args.data_root))
-    print(format_results(stream, results))
-    if args.json_path:
-        body = {"recipe": name, "stream": stream.name, "protocol": stream.meta, "seed": resolved.seed,
-                "results": [r.__dict__ for r in results]}
-        atomic_write_text(Path(args.json_path), json.dumps(jsonable(body), indent=2))
-        print(f"JSON: {args.json_path}")
-    return 0
-
-
-def add_parser(sub: Any) -> None:
-    f = sub.add_parser("fewshot", help="train an episode learner and report N-way K-shot accuracy with a 95% CI")
-    f.add_argument("recipe", nargs="?", default=None, help=f"a recipe with an episode stream (default: {DEFAULT_RECIPE})")
-    f.add_argument("--ways", type=int, required=True, help="classes per test episode (N)")
-    f.add_argument("--shots", type=int, required=True, help="labelled examples per class (K)")
-    f.add_argument("--queries", type=int, help="query examples per class (Q; default: the recipe's)")
-    f.add_argument("--episodes", type=int, help="test episodes (default: the recipe's)")
-    f.add_argument("--protocol", choices=["standard", "sequential"], help="standard episodes or the MANN sequential protocol")
-    f.add_argument("--per-class", type=int, help="examples per class in a sequential episode")
-    f.add_argument("--train-episodes", type=int, help="training episodes (sets learner.episodes)")
-    f.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a recipe key")
-    f.add_argument("--seed", type=int, help="random seed (overrides the recipe's)")
-    f.add_argument("--data-root", help="where data sets live")
-    f.add_argument("--json", dest="json_path", help="also write the results as JSON here")

@@ -31,6 +31,7 @@ from agentlab._toml import TOMLDecodeError, load
 from agentlab.agent import Agent
 from agentlab.config import ConfigError, build_config, parse_value, set_path, suggest
 from agentlab.loop import LoopConfig
+from agentlab.plugins import load_plugins
 
 TOP_KEYS = ("description", "seed", "deterministic", "stream", "loop", "agents", "backbone", "learner", "plasticity", "memory")
 AGENT_KEYS = ("backbone", "learner", "plasticity", "memory")
@@ -51,7 +52,10 @@ def read_recipe(name_or_path: str) -> tuple[str, dict[str, Any]]:
     path = Path(name_or_path)
     if name_or_path in shipped:
         path = shipped[name_or_path]
-    elif not (path.suffix == ".toml" and path.is_file()):
+    elif path.suffix == ".toml" or path.parent != Path("."):
+        if not path.is_file():
+            raise ConfigError(f"recipe file not found: {path}" + ("" if path.suffix == ".toml" else " (a recipe file ends in .toml)"))
+    else:
         raise ConfigError(
             f"unknown recipe {name_or_path!r}" + suggest(name_or_path, shipped)
             + f"; shipped recipes: {', '.join(shipped)}; or give a path to a .toml file"
@@ -61,6 +65,10 @@ def read_recipe(name_or_path: str) -> tuple[str, dict[str, Any]]:
             table = load(f)
     except TOMLDecodeError as e:
         raise ConfigError(f"recipe {path} is not valid TOML: {e}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"recipe {path} is not UTF-8 text ({e.reason} at byte {e.start}); TOML files are UTF-8") from None
+    except OSError as e:
+        raise ConfigError(f"recipe {path} cannot be read: {e.strerror or e}") from None
     return path.stem, table
 
 
@@ -130,6 +138,7 @@ def resolve(name: str, table: dict[str, Any]) -> Resolved:
 
 def check_components(resolved: Resolved) -> None:
     """Check every component's name and config without building anything heavy."""
+    load_plugins()
     registry.get("stream", resolved.table["stream"]["name"], where="stream")
     st = dict(resolved.table["stream"])
     build_config(registry.get("stream", st.pop("name")).config_cls, st, where="stream")
@@ -153,11 +162,13 @@ def check_components(resolved: Resolved) -> None:
 
 
 def build_stream(resolved: Resolved, env: registry.BuildEnv) -> Any:
+    load_plugins()
     return registry.build("stream", resolved.table["stream"], env, where="stream")
 
 
 def build_agent(label: str, spec: dict[str, Any], env: registry.BuildEnv) -> Agent:
     where = f"agents.{label}"
+    load_plugins()
     backbone = registry.build("backbone", spec["backbone"], env, where=f"{where}.backbone")
     plasticity = [registry.build("plasticity", t, env, where=f"{where}.plasticity.{i}") for i, t in enumerate(spec.get("plasticity", []))]
     memory = [registry.build("memory", t, env, where=f"{where}.memory.{i}") for i, t in enumerate(spec.get("memory", []))]

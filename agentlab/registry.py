@@ -7,15 +7,15 @@ Components register themselves where they are defined:
 
 A second registration under the same kind and name is an error. Recipes then
 name components (`name = "supsup"`) and the registry builds them with their
-checked config. `load_plugins()` imports every module of the component packages
-so that registrations happen; modules keep heavy imports (Avalanche) inside
-functions so that this stays fast.
+checked config. The registry is core: it imports no component. A component is
+registered once its module is imported; the application (`agentlab.plugins`)
+imports every shipped module, and third-party packages declared under the
+`agentlab.plugins` entry-point group, before it looks a name up.
 """
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -23,7 +23,6 @@ from typing import Any, Callable, Mapping
 from agentlab.config import ConfigError, build_config, suggest
 
 KINDS = ("stream", "backbone", "plasticity", "memory", "learner", "bench")
-PLUGIN_PACKAGES = ("agentlab.backbones", "agentlab.learners", "agentlab.bench", "scenarios", "plasticity", "memory")
 
 
 @dataclass
@@ -35,6 +34,21 @@ class BuildEnv:
     stream: Any = None
     device: str = "cpu"
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def stream_sizes(self, in_size: int, out_size: int, *, where: str, keys: tuple[str, str] = ("in_features", "out_features"),
+                     flatten: bool = True) -> tuple[int, int]:
+        """`(in_size, out_size)` with a 0 taken from the stream: the input's flattened size (`flatten`, for
+        layers over whole examples) or its last axis (sequence models), and the stream's number of classes."""
+        if not in_size:
+            shape = getattr(self.stream, "input_shape", None)
+            if not shape:
+                raise ConfigError(f"{where}.{keys[0]}=0 but the stream does not say its input shape; set {where}.{keys[0]}")
+            in_size = math.prod(shape) if flatten else int(shape[-1])
+        if not out_size:
+            out_size = int(getattr(self.stream, "n_classes", 0) or 0)
+            if not out_size:
+                raise ConfigError(f"{where}.{keys[1]}=0 but the stream does not say its number of classes; set {where}.{keys[1]}")
+        return in_size, out_size
 
 
 @dataclass(frozen=True)
@@ -73,35 +87,18 @@ def unregister(kind: str, name: str) -> None:
     _REGISTRY[kind].pop(name, None)
 
 
-_loaded = False
-
-
-def load_plugins() -> None:
-    """Import every module of the component packages once, so that all registrations run."""
-    global _loaded
-    if _loaded:
-        return
-    _loaded = True
-    for pkg_name in PLUGIN_PACKAGES:
-        pkg = importlib.import_module(pkg_name)
-        for info in pkgutil.walk_packages(pkg.__path__, prefix=pkg_name + "."):
-            if info.name.rsplit(".", 1)[-1].startswith("_"):
-                continue
-            importlib.import_module(info.name)
-
-
 def entries(kind: str) -> dict[str, Entry]:
-    load_plugins()
+    """Every registered component of `kind` (those whose modules were imported; see `agentlab.plugins`)."""
     return dict(_REGISTRY[kind])
 
 
 def get(kind: str, name: str, *, where: str = "") -> Entry:
-    load_plugins()
     table = _REGISTRY[kind]
     if name not in table:
         key = f"{where}.name" if where else "name"
+        hint = "" if table else " (no module registering one was imported: call agentlab.plugins.load_plugins() first)"
         raise ConfigError(
-            f"{key}={name!r} is not a registered {kind}" + suggest(name, table) + f"; registered: {', '.join(sorted(table))}"
+            f"{key}={name!r} is not a registered {kind}" + suggest(name, table) + f"; registered: {', '.join(sorted(table))}" + hint
         )
     return table[name]
 

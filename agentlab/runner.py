@@ -12,29 +12,19 @@ backbone's initial weights and the data order of the first task.
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 from typing import Any
 
 from agentlab import recipe as recipes
 from agentlab.checkpoint import atomic_write_text
+from agentlab.devices import check_device
 from agentlab.errors import UserError
 from agentlab.loop import RunResult, run
 from agentlab.registry import BuildEnv
 from agentlab.seeding import seed_everything
 from agentlab.summary import jsonable, package_versions, read_summary
 from agentlab.tblog import TBLogger, flatten_dict
-
-
-def default_data_root(cli_root: str | None = None) -> Path:
-    """`--data-root`, else $AGENTLAB_DATA, else a per-user cache directory."""
-    if cli_root:
-        return Path(cli_root).expanduser()
-    if os.environ.get("AGENTLAB_DATA"):
-        return Path(os.environ["AGENTLAB_DATA"]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "agentlab" / "data"
 
 
 def run_dir_name(stream: str, recipe: str, seed: int) -> str:
@@ -53,6 +43,12 @@ def run_recipe(
 ) -> tuple[Path, dict[str, RunResult]]:
     """Run every agent of `resolved`; returns the run directory and each agent's result."""
     recipes.check_components(resolved)
+    if only:
+        unknown = [a for a in only if a not in resolved.agents]
+        if unknown:
+            raise UserError(f"--agent {', '.join(map(repr, unknown))}: recipe {resolved.name!r} has no such agent; "
+                            f"its agents: {', '.join(resolved.agents)}")
+    check_device(resolved.loop.device, key="loop.device")
     env = BuildEnv(seed=resolved.seed, data_root=data_root)
     seed_everything(resolved.seed, deterministic=resolved.deterministic)
     stream = recipes.build_stream(resolved, env)

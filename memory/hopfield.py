@@ -2,7 +2,7 @@
 
 `Hopfield`, `HopfieldPooling` and `HopfieldLayer` take the package's constructor
 arguments with the same meaning and defaults, so code written for
-`from hflayers import Hopfield` runs with `from memory.hopfield import Hopfield`:
+`from hflayers import Hopfield` runs with `from agentlab.memory.hopfield import Hopfield`:
 
     input_size      width of the state patterns (queries) R
     hidden_size     width of one head in Hopfield space (default input_size // num_heads)
@@ -50,7 +50,7 @@ import torch.nn.functional as F
 from einops import rearrange, repeat
 from torch import Tensor, nn
 
-from memory.hopfield_core import Retrieval, additive_mask, hopfield_retrieve
+from agentlab.memory.hopfield_core import Retrieval, additive_mask, hopfield_retrieve
 
 Scalar = Union[float, Tensor]
 

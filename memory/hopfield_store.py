@@ -29,7 +29,7 @@ from torch import Tensor
 from agentlab.config import check
 from agentlab.protocols import MemoryModule
 from agentlab.registry import BuildEnv, register
-from memory.hopfield_core import hopfield_retrieve
+from agentlab.memory.hopfield_core import hopfield_retrieve
 
 
 class HopfieldStore(MemoryModule):

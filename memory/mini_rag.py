@@ -7,7 +7,7 @@ Axis legend: B batch, N query tokens, k retrieved episodes, M tokens per episode
         -> memory = token_embed(tokens) + label_embed(labels) + rank_embed   (B, k*M, D)
         -> y = x + CrossAttention(q = x, kv = memory)  (B, N, D)
 
-The store (`memory.store.EpisodeStore`) holds content *inside* the module, so
+The store (`agentlab.memory.store.EpisodeStore`) holds content *inside* the module, so
 `reset()` empties it; the recurrent state passed in and out is only the query key
 and what was retrieved (`RAGState`). Token embeddings may be tied to a tokenizer's
 codebook (`tie_embeddings`), so retrieved tokens live in the same space the
@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from agentlab.config import check
 from agentlab.protocols import MemoryModule
 from agentlab.registry import BuildEnv, register
-from memory.store import EpisodeStore
+from agentlab.memory.store import EpisodeStore
 
 
 @dataclass(frozen=True)

@@ -18,10 +18,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from agentlab.learners.sgd import fast_kernels
-from memory.encoders import encode_text
-from memory.store import EpisodeStore
-from memory.tokenizer import SharedTokenizer
+from agentlab.optim import fast_kernels
+from agentlab.memory.encoders import encode_text
+from agentlab.memory.store import EpisodeStore
+from agentlab.memory.tokenizer import SharedTokenizer
 
 WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 

@@ -13,7 +13,7 @@ Eviction order (when the store is full and a new entry arrives), documented and 
 
 Retrieval is exact by default: cosine similarity of unit keys by one matrix product over
 the occupied slots, then `topk`. With `index="ivf"`, a store holding at least
-`ann_min_size` entries searches a FAISS inverted-file index instead (`memory.ann`), built
+`ann_min_size` entries searches a FAISS inverted-file index instead (`agentlab.memory.ann`), built
 on first use from the stored keys and kept in step with every write; it is not saved
 (it is rebuilt from the keys after a load). Exact search reads every key per query, which
 at 10^5 entries dominated retrieval latency (docs/memory-sense.md has the figures).
@@ -90,7 +90,7 @@ class EpisodeStore:
         self.n_queries = self.n_hits = 0
         self.latency_s_total = 0.0
         self.last_latency_s = 0.0
-        self._ann = None  # memory.ann.IVFIndex once built
+        self._ann = None  # agentlab.memory.ann.IVFIndex once built
 
     def __len__(self) -> int:
         return min(self.n_inserted, self.capacity)  # slots are never freed singly, only by `reset`
@@ -183,7 +183,7 @@ class EpisodeStore:
         q = F.normalize(query.detach().float().cpu(), dim=-1)
         if self.index == "ivf" and n >= self.ann_min_size:
             if self._ann is None:
-                from memory.ann import IVFIndex
+                from agentlab.memory.ann import IVFIndex
 
                 occ = (self.inserted >= 0).nonzero().squeeze(1)
                 self._ann = IVFIndex(self.keys[occ], occ, nprobe=self.nprobe)

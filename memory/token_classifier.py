@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from agentlab.learners.sgd import fast_kernels
+from agentlab.optim import cosine_factor, fast_kernels
 
 
 class TokenClassifier(nn.Module):
@@ -85,7 +85,7 @@ def train_on_codes(model: nn.Module, code_sets: list[Tensor], y: Tensor, *, epoc
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, **fast_kernels(params, fused=True))
     n = y.shape[0]
     steps = epochs * math.ceil(n / batch_size)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s / steps, 1.0))))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: cosine_factor(s / steps))
     model.train()
     t0 = time.perf_counter()
     for e in range(epochs):

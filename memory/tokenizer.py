@@ -28,8 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from memory.encoders import AudioEncoder, ImageDecoder, ImageEncoder, TextEncoder
-from memory.vq import VectorQuantizer
+from agentlab.memory.encoders import AudioEncoder, ImageDecoder, ImageEncoder, TextEncoder
+from agentlab.memory.vq import VectorQuantizer
 
 MODALITIES = ("image", "audio", "text")
 

@@ -16,9 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from agentlab.learners.sgd import fast_kernels
-from memory.encoders import ImageDecoder, ImageEncoder
-from memory.vq import VectorQuantizer
+from agentlab.optim import fast_kernels
+from agentlab.memory.encoders import ImageDecoder, ImageEncoder
+from agentlab.memory.vq import VectorQuantizer
 
 
 def pack_codes(codes: Tensor, bits: int) -> Tensor:

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from agentlab.config import ConfigError, check
+from agentlab.layers import replace_layer
 from agentlab.protocols import PlasticityModule, tensor_bytes
 
 
@@ -84,13 +85,6 @@ class AdaptedLinear(nn.Module):
         return f"adapter={self._owner.name}, index={self.index}"
 
 
-def _parent(root: nn.Module, dotted: str) -> tuple[nn.Module, str]:
-    *path, last = dotted.split(".")
-    node = root
-    for p in path:
-        node = getattr(node, p)
-    return node, last
-
 
 class AdapterModule(PlasticityModule):
     """Base of the per-task adapters; see the module docstring."""
@@ -140,9 +134,8 @@ class AdapterModule(PlasticityModule):
                 f"target_modules={self.cfg.target_modules!r} match no nn.Linear of the backbone; its linear layers: {', '.join(linear)}"
             )
         for i, n in enumerate(names):
-            parent, attr = _parent(backbone, n)
-            lin = getattr(parent, attr)
-            setattr(parent, attr, AdaptedLinear(lin, self, i))
+            lin = backbone.get_submodule(n)
+            replace_layer(backbone, n, AdaptedLinear(lin, self, i))
             self.targets.append((n, lin.in_features, lin.out_features))
         self.on_attached()
 

@@ -38,6 +38,7 @@ from einops import rearrange, repeat
 from torch import Tensor, nn
 
 from agentlab.config import check
+from agentlab.layers import replace_layer
 from agentlab.protocols import PlasticityModule
 from agentlab.registry import BuildEnv, register
 
@@ -167,8 +168,7 @@ class FNNSP(PlasticityModule):
             layer._k = self.cfg.active_modules
             if layer.n_modules:
                 layer.owner[self.cfg.initial_active:] = DORMANT
-            parent, _, child = n.rpartition(".")
-            (backbone.get_submodule(parent) if parent else backbone)._modules[child] = layer
+            replace_layer(backbone, n, layer)
             self._layers.append(layer)
 
     @property

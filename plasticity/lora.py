@@ -11,7 +11,7 @@ Why not the PEFT library: it installs (`peft` 0.21) but pulls in
 `transformers`, `accelerate` and `huggingface_hub`, and keeps each adapter's
 parameters inside the wrapped layer, where our ledger would count them as the
 backbone's; NOLA, PRANC and MCNC would need a second wrapping mechanism beside
-it. One small wrapper (`plasticity.adapter`) serves all four methods and
+it. One small wrapper (`agentlab.plasticity.adapter`) serves all four methods and
 follows PEFT's conventions: `base_layer`, merge / unmerge / disable, B = 0.
 """
 
@@ -26,8 +26,8 @@ from torch import Tensor, nn
 
 from agentlab.config import check
 from agentlab.registry import BuildEnv, register
-from plasticity.adapter import AdapterConfig, AdapterModule
-from plasticity.random_basis import mix
+from agentlab.plasticity.adapter import AdapterConfig, AdapterModule
+from agentlab.plasticity.random_basis import mix
 
 
 @dataclass(frozen=True)

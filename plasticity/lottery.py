@@ -2,7 +2,7 @@
 
 The `Lottery` module wraps layers with the same connectivity mask as SET
 (`SparseLayer`), starting dense. Its operations are the steps of iterative
-magnitude pruning (IMP), driven by the `imp` learner (plasticity/lottery_imp.py):
+magnitude pruning (IMP), driven by the `imp` learner (agentlab/learners/imp.py):
 
     remember(): keep the weights at step k (the rewind point; k = 0 is the initialisation)
     prune(p):   remove the fraction p of the *remaining* connections with the smallest |w|,
@@ -28,8 +28,8 @@ from torch import Tensor, nn
 from agentlab.config import check
 from agentlab.protocols import PlasticityModule
 from agentlab.registry import BuildEnv, register
-from plasticity.sparse_figures import density_scalars, magnitude_histograms, magnitude_images, magnitude_scalars
-from plasticity.sparse_layer import FREE, SparseLayer, sparse_bytes, wrap_layers
+from agentlab.plasticity.sparse_figures import density_scalars, magnitude_histograms, magnitude_images, magnitude_scalars
+from agentlab.plasticity.sparse_layer import FREE, SparseLayer, sparse_bytes, wrap_layers
 
 
 @dataclass(frozen=True)
@@ -198,7 +198,7 @@ def save_ticket(module: Lottery, path: str | Path) -> Path:
 def load_ticket(module: Lottery, path: str | Path) -> None:
     """Apply a saved ticket's masks and initial values to an attached module (and remember them as its rewind point)."""
     if not Path(path).is_file():
-        raise FileNotFoundError(f"lottery ticket {path} not found; write one with plasticity.lottery.save_ticket")
+        raise FileNotFoundError(f"lottery ticket {path} not found; write one with agentlab.plasticity.lottery.save_ticket")
     state = torch.load(path, map_location="cpu", weights_only=True)
     if set(module.layers) != set(state["masks"]):
         raise ValueError(f"ticket {path} names layers {sorted(state['masks'])}, the module wraps {sorted(module.layers)}")

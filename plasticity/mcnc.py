@@ -23,8 +23,8 @@ from torch import Tensor, nn
 from agentlab.config import check
 from agentlab.protocols import tensor_bytes
 from agentlab.registry import BuildEnv, register
-from plasticity.adapter import AdapterConfig, AdapterModule
-from plasticity.random_basis import mix
+from agentlab.plasticity.adapter import AdapterConfig, AdapterModule
+from agentlab.plasticity.random_basis import mix
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ The bases A_i (r, in) and B_j (out, r) are uniform on (-1, 1) (A_i scaled by
 1 / sqrt(in), matching LoRA's A at initialisation), drawn per layer from
 private generators seeded by (seed, layer, factor); they are shared by all
 tasks, regenerated chunk by chunk in forward *and* backward
-(`plasticity.random_basis.combine`), and never kept. A task stores only its
+(`agentlab.plasticity.random_basis.combine`), and never kept. A task stores only its
 coefficients: k_a + k_b numbers per layer (the seed belongs to the module).
 beta starts at zero, so a new task's adapter is an exact no-op.
 """
@@ -23,8 +23,8 @@ from torch import Tensor, nn
 
 from agentlab.config import check
 from agentlab.registry import BuildEnv, register
-from plasticity.adapter import AdapterConfig, AdapterModule
-from plasticity.random_basis import combine, mix
+from agentlab.plasticity.adapter import AdapterConfig, AdapterModule
+from agentlab.plasticity.random_basis import combine, mix
 
 
 @dataclass(frozen=True)

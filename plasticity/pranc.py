@@ -7,7 +7,7 @@ concatenation of one random matrix per layer with entries uniform on
 (-1, 1) times sqrt(3 / (k in)) (variance 1 / (k in): the sum over k directions
 with unit coefficients has the scale of a freshly initialised layer), generated chunk by
 chunk from private generators seeded by (seed, layer) and regenerated in
-backward rather than kept (`plasticity.random_basis.combine`). A task stores k
+backward rather than kept (`agentlab.plasticity.random_basis.combine`). A task stores k
 coefficients (the seed belongs to the module); they start at zero, so a new
 task's delta is exactly zero.
 """
@@ -22,8 +22,8 @@ from torch import Tensor, nn
 
 from agentlab.config import check
 from agentlab.registry import BuildEnv, register
-from plasticity.adapter import AdapterConfig, AdapterModule
-from plasticity.random_basis import combine, mix
+from agentlab.plasticity.adapter import AdapterConfig, AdapterModule
+from agentlab.plasticity.random_basis import combine, mix
 
 
 @dataclass(frozen=True)

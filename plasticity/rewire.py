@@ -11,12 +11,12 @@ Pure functions over tensors so each rule can be tested alone:
 
 from __future__ import annotations
 
-import math
 
 import torch
 from torch import Tensor
 
-from plasticity.sparse_layer import random_positions
+from agentlab.optim import cosine_factor
+from agentlab.plasticity.sparse_layer import random_positions
 
 
 def _smallest(values: Tensor, index: Tensor, k: int) -> Tensor:
@@ -63,6 +63,4 @@ def regrow_gradient(free: Tensor, grad: Tensor, n: int) -> Tensor:
 
 def cosine_zeta(zeta: float, t: int, t_end: int) -> float:
     """RigL's cosine-annealed drop fraction after `t` updates of `t_end` (Evci et al. 2020, eq. 1)."""
-    if t >= t_end:
-        return 0.0
-    return zeta / 2 * (1 + math.cos(math.pi * t / t_end))
+    return zeta * cosine_factor(t / t_end)

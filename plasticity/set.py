@@ -28,9 +28,9 @@ from torch import Tensor, nn
 from agentlab.config import check
 from agentlab.protocols import PlasticityModule
 from agentlab.registry import BuildEnv, register
-from plasticity.rewire import cosine_zeta, prune_nearest_zero, regrow_gradient, regrow_random
-from plasticity.sparse_figures import density_scalars, magnitude_histograms, magnitude_images, magnitude_scalars
-from plasticity.sparse_layer import FREE, SparseLayer, erdos_renyi_density, random_positions, sparse_bytes, wrap_layers
+from agentlab.plasticity.rewire import cosine_zeta, prune_nearest_zero, regrow_gradient, regrow_random
+from agentlab.plasticity.sparse_figures import density_scalars, magnitude_histograms, magnitude_images, magnitude_scalars
+from agentlab.plasticity.sparse_layer import FREE, SparseLayer, erdos_renyi_density, random_positions, sparse_bytes, wrap_layers
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from plasticity.sparse_layer import SparseLayer, iter_sparse, replace_module, sparse_bytes
+from agentlab.layers import replace_layer
+from agentlab.plasticity.sparse_layer import SparseLayer, iter_sparse, sparse_bytes
 
 
 class SparseInference(nn.Module):
@@ -72,5 +73,5 @@ def export_sparse(backbone: nn.Module, task: int | None = None) -> nn.Module:
     """A copy of `backbone` whose SparseLayers are replaced by CSR inference modules for `task`."""
     out = copy.deepcopy(backbone)
     for name, layer in list(iter_sparse(out)):
-        replace_module(out, name, export_layer(layer, task))
+        replace_layer(out, name, export_layer(layer, task))
     return out.eval()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from plasticity.sparse_layer import SparseLayer, sparse_bytes
+from agentlab.plasticity.sparse_layer import SparseLayer, sparse_bytes
 
 
 def density_scalars(layers: dict[str, SparseLayer]) -> dict[str, float]:

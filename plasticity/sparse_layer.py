@@ -26,6 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from agentlab.layers import replace_layer
+
 FREE = -1
 VALUE_BYTES = 4  # float32 value of a stored connection
 INDEX_BYTES = 4  # int32 column index (CSR) of a stored connection
@@ -155,13 +157,6 @@ def find_layers(backbone: nn.Module, patterns: list[str], *, exclude: list[str] 
     return [n for n in keep if not any(fnmatch.fnmatchcase(n, p) for p in exclude)]
 
 
-def replace_module(root: nn.Module, name: str, new: nn.Module) -> None:
-    """Put `new` where the submodule called `name` sits in `root`."""
-    parent_name, _, child = name.rpartition(".")
-    parent = root.get_submodule(parent_name) if parent_name else root
-    setattr(parent, child, new)
-
-
 def wrap_layers(
     backbone: nn.Module, patterns: list[str], *, exclude: list[str] = (), make: Callable[[nn.Module], SparseLayer]
 ) -> dict[str, SparseLayer]:
@@ -173,7 +168,7 @@ def wrap_layers(
     out = {}
     for n in names:
         w = make(backbone.get_submodule(n))
-        replace_module(backbone, n, w)
+        replace_layer(backbone, n, w)
         out[n] = w
     return out
 

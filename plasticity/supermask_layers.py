@@ -5,7 +5,7 @@ weights W that are never trained. Task t uses W ⊙ M_t, where M_t is a binary
 supermask learned through real-valued scores S_t:
 
     training task t     M_t = top-k%(|S_t|) (or S_t >= 0), straight-through gradient to S_t
-    frozen task t       M_t unpacked from 1 bit per weight (`plasticity.bitpack`)
+    frozen task t       M_t unpacked from 1 bit per weight (`agentlab.plasticity.bitpack`)
     superposition       y = Σ_i α_{b,i} (W ⊙ M_i) x_b + bias    (per example b; used by task inference)
     no task state       y = base_layer(x)
 
@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from einops import einsum, rearrange
 from torch import Tensor, nn
 
-from plasticity.bitpack import pack_bits, packed_size, unpack_bits
+from agentlab.plasticity.bitpack import pack_bits, packed_size, unpack_bits
 
 MaskRule = Literal["topk", "threshold"]
 

@@ -23,11 +23,12 @@ import torch
 from torch import Tensor, nn
 
 from agentlab.config import check
+from agentlab.layers import replace_layer
+from agentlab.plasticity.hopfield_mask_store import HopfieldMaskStore
+from agentlab.plasticity.supermask_layers import MaskContext, SupermaskLayer, TaskBatchNorm, signed_constant_
+from agentlab.plasticity.task_inference import g_objective, infer_tasks, output_entropy
 from agentlab.protocols import PlasticityModule
 from agentlab.registry import BuildEnv, register
-from plasticity.hopfield_mask_store import HopfieldMaskStore
-from plasticity.supermask_layers import MaskContext, SupermaskLayer, TaskBatchNorm, signed_constant_
-from plasticity.task_inference import g_objective, infer_tasks, output_entropy
 
 
 @dataclass(frozen=True)
@@ -88,12 +89,6 @@ def score_seed(seed: int, task_id: int) -> int:
     return int(np.random.SeedSequence([seed, task_id, 0x5C0E]).generate_state(1)[0])
 
 
-def _replace(root: nn.Module, name: str, new: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    parent = root.get_submodule(parent_name) if parent_name else root
-    parent._modules[child] = new
-
-
 class SupSup(PlasticityModule):
     """Per-task supermasks with task inference; see the module docstring."""
 
@@ -124,11 +119,11 @@ class SupSup(PlasticityModule):
                         nn.init.kaiming_normal_(mod.weight)
                     layer = SupermaskLayer(mod, self.ctx, rule=self.cfg.rule, density=self.cfg.density,
                                            stack_cache_bytes=int(self.cfg.stack_cache_mb * 2**20))
-                    _replace(backbone, name, layer)
+                    replace_layer(backbone, name, layer)
                     self._layers[name] = layer
                 elif isinstance(mod, nn.modules.batchnorm._BatchNorm):
                     norm = TaskBatchNorm(mod, self.ctx)
-                    _replace(backbone, name, norm)
+                    replace_layer(backbone, name, norm)
                     self._norms[name] = norm
         if not self._layers:
             found = [n for n, m in backbone.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))]

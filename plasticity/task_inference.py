@@ -31,7 +31,7 @@ from typing import Callable, Literal
 import torch
 from torch import Tensor
 
-from plasticity.supermask_layers import MaskContext
+from agentlab.plasticity.supermask_layers import MaskContext
 
 Method = Literal["oneshot", "binary", "entropy"]
 Objective = Callable[[Tensor], Tensor]

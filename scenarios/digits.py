@@ -10,7 +10,7 @@ import torch
 from agentlab.config import check
 from agentlab.data import Split
 from agentlab.registry import BuildEnv, register
-from scenarios.splits import class_split_stream
+from agentlab.scenarios.splits import class_split_stream
 
 
 @dataclass(frozen=True)

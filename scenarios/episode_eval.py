@@ -23,7 +23,7 @@ from typing import Any, Iterable
 import torch
 
 from agentlab.evaluate import EvalResult, register_evaluator
-from scenarios.episodes import Episode, SequentialEpisode, accuracy_by_sighting, mean_ci95
+from agentlab.scenarios.episodes import Episode, SequentialEpisode, accuracy_by_sighting, mean_ci95
 
 
 def reset_memories(agent: Any) -> None:

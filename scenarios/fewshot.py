@@ -27,11 +27,11 @@ import torch
 from agentlab.config import check
 from agentlab.registry import BuildEnv, register
 from agentlab.task import LazyStream, Task
-import scenarios.episode_eval  # noqa: F401  (registers the `episode` evaluator wherever these streams are built)
-from scenarios.episodes import ClassPool, EpisodeSampler, EpisodeSet
-from scenarios.mnist import data_root
-from scenarios.omniglot import omniglot_split
-from scenarios.vision_data import load_tensors
+import agentlab.scenarios.episode_eval  # noqa: F401  (registers the `episode` evaluator wherever these streams are built)
+from agentlab.scenarios.episodes import ClassPool, EpisodeSampler, EpisodeSet
+from agentlab.datasets import data_root
+from agentlab.scenarios.omniglot import omniglot_split
+from agentlab.scenarios.vision_data import load_tensors
 
 def load_digits28(root: Path, name: str, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """MNIST or Fashion-MNIST as (N, 1, 28, 28) floats in [0, 1] and (N,) labels (the shared loader, scaled)."""
@@ -118,7 +118,7 @@ ROT4 = (0, 1, 2, 3)
 @register("stream", "omniglot-episodes", OmniglotEpisodesConfig)
 def build_omniglot_episodes(cfg: OmniglotEpisodesConfig, env: BuildEnv) -> LazyStream:
     """Omniglot N-way K-shot episodes (standard 1,200-character split, rotations as classes)."""
-    root = data_root(env)
+    root = data_root(env.data_root)
     s = omniglot_split(root, cfg.split)
     train_pool = ClassPool(s.train_x, s.train_y, rotations=ROT4 if cfg.train_rotations else (0,))
     if cfg.eval_source == "omniglot":
@@ -154,7 +154,7 @@ class DigitEpisodesConfig(EpisodeTestConfig):
 @register("stream", "mnist-episodes", DigitEpisodesConfig)
 def build_digit_episodes(cfg: DigitEpisodesConfig, env: BuildEnv) -> LazyStream:
     """MNIST / Fashion-MNIST few-shot episodes over held-out classes."""
-    root = data_root(env)
+    root = data_root(env.data_root)
     xtr, ytr = load_digits28(root, cfg.dataset, train=True)
     xte, yte = load_digits28(root, cfg.dataset, train=False)
     return episode_stream(f"{cfg.dataset}-heldout", class_pool(xtr, ytr, list(cfg.train_classes)),

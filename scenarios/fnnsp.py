@@ -30,8 +30,9 @@ from agentlab.config import check
 from agentlab.data import Split
 from agentlab.registry import BuildEnv, register
 from agentlab.task import LazyStream, Task
-from scenarios.mnist import INPUT_SHAPE, cap, data_root
-from scenarios.vision_data import ToUnitFloat, class_names, load_tensors
+from agentlab.datasets import data_root
+from agentlab.scenarios.mnist import INPUT_SHAPE, cap
+from agentlab.scenarios.vision_data import ToUnitFloat, class_names, load_tensors
 
 # Alternating digit and garment pairs; the hard garment pairs (shirt / T-shirt, pullover / coat) are the FNNSP examples.
 DEFAULT_PAIRS = [
@@ -111,4 +112,4 @@ def fnnsp_pairs(root: Path | str, **config: Any) -> LazyStream:
 @register("stream", "fnnsp-pairs", FNNSPPairsConfig)
 def build_fnnsp_pairs(cfg: FNNSPPairsConfig, env: BuildEnv) -> LazyStream:
     """Binary tasks over MNIST digit pairs and Fashion-MNIST garment pairs (FNNSP), task given."""
-    return pairs_stream(data_root(env), cfg)
+    return pairs_stream(data_root(env.data_root), cfg)

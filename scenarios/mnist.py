@@ -43,22 +43,14 @@ from torch import Tensor
 
 from agentlab.config import check
 from agentlab.data import Split
+from agentlab.datasets import data_root
 from agentlab.registry import BuildEnv, register
+from agentlab.scenarios.splits import class_task
+from agentlab.scenarios.vision_data import ToUnitFloat, load_tensors
 from agentlab.task import LazyStream, Task
-from scenarios.splits import class_task
-from scenarios.vision_data import ToUnitFloat, load_tensors
 
 # Axis legend: b = batch, c = channel, h/w = image rows/columns, p = pixels (h * w).
 INPUT_SHAPE = (1, 28, 28)
-
-
-def data_root(env: BuildEnv) -> Path:
-    """The run's data root, else the default one (same rule as the command line)."""
-    if env.data_root is not None:
-        return Path(env.data_root)
-    from agentlab.runner import default_data_root
-
-    return default_data_root()
 
 
 def cap(index: Tensor, k: int, seed: int) -> Tensor:
@@ -100,7 +92,9 @@ class SplitVisionConfig:
 def avalanche_class_split(y_train: Tensor, y_test: Tensor, class_order: list[int], n_tasks: int) -> list[tuple[Tensor, Tensor, tuple[int, ...]]]:
     """(train indices, test indices, classes) per experience of Avalanche's `class_incremental_benchmark`."""
     from avalanche.benchmarks.scenarios.supervised import class_incremental_benchmark
-    from avalanche.benchmarks.utils import _make_taskaware_tensor_classification_dataset as tensor_dataset
+    from avalanche.benchmarks.utils import (
+        _make_taskaware_tensor_classification_dataset as tensor_dataset,
+    )
 
     datasets = {
         "train": tensor_dataset(torch.arange(y_train.shape[0]), y_train),
@@ -157,13 +151,13 @@ def split_fashion(root: Path | str, **config: Any) -> LazyStream:
 @register("stream", "split-mnist", SplitVisionConfig)
 def build_split_mnist(cfg: SplitVisionConfig, env: BuildEnv) -> LazyStream:
     """MNIST in 5 tasks of 2 digits, task-/domain-/class-incremental (built by Avalanche)."""
-    return split_stream("mnist", data_root(env), cfg)
+    return split_stream("mnist", data_root(env.data_root), cfg)
 
 
 @register("stream", "split-fashion", SplitVisionConfig)
 def build_split_fashion(cfg: SplitVisionConfig, env: BuildEnv) -> LazyStream:
     """Fashion-MNIST in 5 tasks of 2 garments, task-/domain-/class-incremental (built by Avalanche)."""
-    return split_stream("fashion", data_root(env), cfg)
+    return split_stream("fashion", data_root(env.data_root), cfg)
 
 
 # ----------------------------------------------------------------------------- transformed streams
@@ -347,10 +341,10 @@ def rotated_mnist(root: Path | str, **config: Any) -> LazyStream:
 @register("stream", "permuted-mnist", PermutedMNISTConfig)
 def build_permuted_mnist(cfg: PermutedMNISTConfig, env: BuildEnv) -> LazyStream:
     """MNIST under one pixel permutation per task, lazy (2,500 tasks in the memory of one)."""
-    return permuted_stream(data_root(env), cfg)
+    return permuted_stream(data_root(env.data_root), cfg)
 
 
 @register("stream", "rotated-mnist", RotatedMNISTConfig)
 def build_rotated_mnist(cfg: RotatedMNISTConfig, env: BuildEnv) -> LazyStream:
     """MNIST rotated by a fixed angle per task, lazy."""
-    return rotated_stream(data_root(env), cfg)
+    return rotated_stream(data_root(env.data_root), cfg)

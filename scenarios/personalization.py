@@ -6,7 +6,7 @@
 With an adapter plasticity module, task 0 pre-trains the backbone (adapters
 off) and every later task trains only that person's adapter, so the loop's
 accuracy matrix shows zero forgetting by construction and its ledger the bytes
-per person. Traces come from the simulator (`scenarios.traces.simulator`,
+per person. Traces come from the simulator (`agentlab.scenarios.traces.simulator`,
 ground-truth traits in each task's `meta["traits"]`) or from a JSONL file in
 the documented format (`trace_file`), through the same encoding.
 
@@ -27,10 +27,10 @@ from agentlab.config import ConfigError, check
 from agentlab.evaluate import EvalResult, register_evaluator
 from agentlab.registry import BuildEnv, register
 from agentlab.task import LazyStream, Task
-from scenarios.traces.encode import X_CHANNELS, encode
-from scenarios.traces.format import Step, read_jsonl
-from scenarios.traces.objective import error_auc, step_figures
-from scenarios.traces.simulator import draw_traits, simulate_person
+from agentlab.scenarios.traces.encode import X_CHANNELS, encode
+from agentlab.scenarios.traces.format import Step, read_jsonl
+from agentlab.scenarios.traces.objective import error_auc, step_figures
+from agentlab.scenarios.traces.simulator import draw_traits, simulate_person
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from agentlab.plugins import load_plugins
+
 REPO = Path(__file__).resolve().parents[1]
+
+# Tests build components by name from the registry, as a recipe does; the application loads the plug-ins first.
+load_plugins()
 
 # Command-line subprocesses in tests use one PyTorch thread: the models are small and CI machines have 2 cores.
 os.environ.setdefault("AGENTLAB_THREADS", "1")

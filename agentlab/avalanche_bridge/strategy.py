@@ -43,7 +43,8 @@ from avalanche.training.templates import SupervisedTemplate
 
 from agentlab.agent import restrict_to_classes
 from agentlab.data import Batch
-from agentlab.learners.sgd import SGDConfig, make_optimizer, optimizes_exactly
+from agentlab.learners.sgd import SGDConfig
+from agentlab.optim import make_optimizer, optimizes_exactly
 from agentlab.task import Task
 
 

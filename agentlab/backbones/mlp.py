@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Literal
 
 from einops import rearrange
 from torch import Tensor, nn
 
-from agentlab.config import ConfigError, check
+from agentlab.config import check
 from agentlab.registry import BuildEnv, register
 
 
@@ -64,23 +63,8 @@ class MLP(nn.Module):
         return self.layers(x)  # (B, classes)
 
 
-def stream_dims(env: BuildEnv, in_features: int, out_features: int) -> tuple[int, int]:
-    stream = env.stream
-    if not in_features:
-        shape = getattr(stream, "input_shape", None)
-        if shape is None:
-            raise ConfigError("backbone.in_features=0 but the stream does not say its input shape; set backbone.in_features")
-        in_features = math.prod(shape)
-    if not out_features:
-        n = getattr(stream, "n_classes", None)
-        if not n:
-            raise ConfigError("backbone.out_features=0 but the stream does not say its number of classes; set backbone.out_features")
-        out_features = n
-    return in_features, out_features
-
-
 @register("backbone", "mlp", MLPConfig)
 def build_mlp(cfg: MLPConfig, env: BuildEnv) -> MLP:
     """Multilayer perceptron over flattened inputs."""
-    i, o = stream_dims(env, cfg.in_features, cfg.out_features)
+    i, o = env.stream_sizes(cfg.in_features, cfg.out_features, where="backbone")
     return MLP(i, list(cfg.hidden), o, activation=cfg.activation, bias=cfg.bias, dropout=cfg.dropout)

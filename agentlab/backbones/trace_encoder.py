@@ -2,7 +2,7 @@
 
 Axis legend: b traces, l positions, d model width, h heads, e head width.
 
-At position t (see `scenarios.traces.encode` for the packed input) the encoder
+At position t (see `agentlab.scenarios.traces.encode` for the packed input) the encoder
 has seen the problem and steps < t, and predicts step t:
 
     action_head   next action (every action, then END)                 (b, l, N_OUT)
@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from agentlab.config import check
 from agentlab.registry import BuildEnv, register
-from scenarios.traces import encode as E
+from agentlab.scenarios.traces import encode as E
 
 
 class TraceOutput(NamedTuple):
@@ -106,7 +106,7 @@ class TraceEncoder(nn.Module):
     def log_likelihood(self, x: Tensor, out: TraceOutput, heads: tuple[str, ...] | None = None) -> Tensor:
         """(b,) log-probability of each trace under the model: actions, step times and errors (fingerprinting);
         `heads` picks a subset of ("action", "time", "error")."""
-        from scenarios.traces.objective import HEADS, trace_log_likelihood
+        from agentlab.scenarios.traces.objective import HEADS, trace_log_likelihood
 
         return trace_log_likelihood(out, x, HEADS if heads is None else tuple(heads))
 

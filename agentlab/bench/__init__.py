@@ -11,7 +11,6 @@ same code on real data with a smaller budget, under 2 minutes on 2 cores).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable
 
 from agentlab.registry import BuildEnv, register
@@ -53,39 +52,6 @@ def goal(ok: bool, got: str) -> str:
 def n_params(module: Any) -> int:
     """Parameters of a module, as benchmarks report them."""
     return sum(p.numel() for p in module.parameters())
-
-
-def bench_data_root(args: BenchArgs, env: BuildEnv) -> Path:
-    """The data root of a benchmark: `args.data_root`, else the env's, else the default rule."""
-    if args.data_root:
-        return Path(args.data_root)
-    if env.data_root is not None:
-        return Path(env.data_root)
-    from agentlab.runner import default_data_root
-
-    return default_data_root()
-
-
-def check_device(device: str) -> str:
-    """`device` if torch can use it, else a UserError that says what is there; on a GPU it also turns on TF32
-    matrix products for the process (the README says so)."""
-    import torch
-
-    from agentlab.errors import UserError
-
-    try:
-        dev = torch.device(device)
-    except RuntimeError as e:
-        raise UserError(f"--device {device!r} is not a torch device ({e}); use cpu, cuda or cuda:N") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"--device {device!r}: this torch sees no CUDA GPU; use --device cpu")
-    if dev.type not in ("cpu", "cuda"):
-        raise UserError(f"--device {device!r}: benchmarks run on cpu or cuda")
-    if dev.type == "cuda":
-        # TF32 matrix products on the GPU (10-bit mantissa inputs, fp32 accumulation): several times the fp32 rate
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-    return device
 
 
 def register_bench(name: str, parts: bool = False, device: bool = False,

@@ -1,6 +1,6 @@
 """Helpers shared by the sparse benchmarks (set-mnist, set-stream, lottery): data, one-task training, logs.
 
-MNIST and Fashion-MNIST come from the streams' loader (`scenarios.vision_data`);
+MNIST and Fashion-MNIST come from the streams' loader (`agentlab.scenarios.vision_data`);
 no second loader lives here.
 """
 
@@ -35,7 +35,7 @@ def first(split: Split, n: int, seed: int = 0) -> Split:
 
 def vision_task(dataset: str, root: Path, *, train_n: int = 0, test_n: int = 0) -> Task:
     """MNIST or Fashion-MNIST as one 10-class task (train / test), optionally subsampled."""
-    from scenarios import vision_data
+    from agentlab.scenarios import vision_data
 
     load = {"mnist": vision_data.load_mnist, "fashion": vision_data.load_fashion_mnist}[dataset]
     train, test = first(load(root, train=True), train_n, 0), first(load(root, train=False), test_n, 1)

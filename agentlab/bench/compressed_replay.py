@@ -13,7 +13,8 @@ from pathlib import Path
 
 import torch
 
-from agentlab.bench import BenchArgs, BenchResult, bench_data_root, register_bench
+from agentlab.bench import BenchArgs, BenchResult, register_bench
+from agentlab.datasets import data_root
 from agentlab.registry import BuildEnv
 
 HEADLINE = 50_000
@@ -21,7 +22,7 @@ HEADLINE = 50_000
 
 def split_mnist_stream(root: Path, n_per_task: int):
     """Class-incremental Split MNIST (5 tasks of 2 digits) from the streams loader; `n_per_task` caps training examples (0 = all)."""
-    from scenarios.mnist import split_mnist
+    from agentlab.scenarios.mnist import split_mnist
 
     return split_mnist(root, scenario="class", max_per_task=n_per_task)
 
@@ -30,7 +31,7 @@ def run_arm(stream, codec: str, budget: int, epochs: int, seed: int, tokenizer_s
     from agentlab.agent import Agent
     from agentlab.backbones.mlp import MLP
     from agentlab.loop import LoopConfig, run
-    from memory.token_replay import TokenReplay, TokenReplayConfig
+    from agentlab.learners.token_replay import TokenReplay, TokenReplayConfig
 
     torch.manual_seed(seed)
     cfg = TokenReplayConfig(budget_bytes=budget, codec=codec, epochs=epochs, lr=1e-3, batch_size=64,
@@ -47,7 +48,7 @@ def run_arm(stream, codec: str, budget: int, epochs: int, seed: int, tokenizer_s
 @register_bench("compressed-replay")
 def bench_compressed_replay(args: BenchArgs, env: BuildEnv) -> BenchResult:
     """Token replay vs raw replay at equal byte budgets on class-incremental Split MNIST."""
-    root = bench_data_root(args, env)
+    root = data_root(args.data_root or env.data_root)
     if args.quick:
         stream, budgets, epochs, tok_steps = split_mnist_stream(root, 2000), [10_000, HEADLINE], 1, 300
     else:

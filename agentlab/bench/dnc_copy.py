@@ -30,7 +30,7 @@ from agentlab.bench import BenchArgs, BenchResult, n_params, register_bench
 from agentlab.context import FitContext
 from agentlab.errors import UserError
 from agentlab.learners.sequence import SequenceConfig, SequenceLearner
-from agentlab.learners.sgd import backward_step
+from agentlab.optim import backward_step
 from agentlab.registry import BuildEnv
 from agentlab.seeding import seed_everything
 
@@ -77,7 +77,7 @@ def budgets(quick: bool, device: str, override: str = "") -> tuple[dict[str, tup
 
 
 def train_and_eval(backbone: torch.nn.Module, task: Any, cfg: SequenceConfig, seed: int, log: Any, device: str = "cpu") -> dict[str, float]:
-    from scenarios.algorithmic import evaluate_sequence
+    from agentlab.scenarios.algorithmic import evaluate_sequence
 
     seed_everything(seed)
     agent = Agent(backbone.to(device), learner=SequenceLearner(cfg))
@@ -102,8 +102,8 @@ def train_and_eval(backbone: torch.nn.Module, task: Any, cfg: SequenceConfig, se
 
 def steps_per_second(seed: int, n: int = 10, controller: str = "lstm") -> float:
     """Optimiser steps per second, DNC at batch 16 on copy sequences of length 20, on the CPU."""
-    from memory.dnc import DNC
-    from scenarios.algorithmic import SequenceTaskSpec, bits_per_sequence
+    from agentlab.memory.dnc import DNC
+    from agentlab.scenarios.algorithmic import SequenceTaskSpec, bits_per_sequence
 
     torch.manual_seed(seed)
     m = DNC(input_size=10, output_size=8, controller=controller, **DNC_SIZE)
@@ -124,8 +124,9 @@ def steps_per_second(seed: int, n: int = 10, controller: str = "lstm") -> float:
 @register_bench("dnc-copy", parts=True, device=True, resumable=False)
 def bench_dnc_copy(args: BenchArgs, env: BuildEnv) -> BenchResult:
     """DNC vs LSTM on copy / repeat-copy (bits per sequence, lengths 1-20 and 21-40), recall, speed."""
-    from memory.dnc.modules import DNCConfig, DNCSequenceModel, LSTMSequenceModel, make_dnc
-    from scenarios.algorithmic import AlgorithmicConfig, algorithmic_stream
+    from agentlab.backbones.sequence import DNCSequenceModel, LSTMSequenceModel
+    from agentlab.memory.dnc.modules import DNCConfig, make_dnc
+    from agentlab.scenarios.algorithmic import AlgorithmicConfig, algorithmic_stream
 
     unknown = [p for p in args.only if p not in PARTS]
     if unknown:

@@ -19,7 +19,8 @@ from __future__ import annotations
 import time
 from contextlib import nullcontext
 
-from agentlab.bench import BenchArgs, BenchResult, bench_data_root, register_bench
+from agentlab.bench import BenchArgs, BenchResult, register_bench
+from agentlab.datasets import data_root
 from agentlab.registry import BuildEnv
 
 FULL = {"episodes": 20000, "train_ways": 20, "time_budget_s": 1780.0, "lr_halve_every": 1000, "test": 1000, "test_20": 1000}
@@ -31,8 +32,8 @@ def bench_fewshot_omniglot(args: BenchArgs, env: BuildEnv) -> BenchResult:
     """Protonet on Omniglot 5-way / 20-way 1-shot (goal 97% / 92%; paper 98.8 / 96.0)."""
     from agentlab import recipe as recipes
     from agentlab.fewshot import prepare, train_agent
-    from scenarios.episode_eval import evaluate_episodes
-    from scenarios.episodes import EpisodeSet
+    from agentlab.scenarios.episode_eval import evaluate_episodes
+    from agentlab.scenarios.episodes import EpisodeSet
 
     b = QUICK if args.quick else FULL
     name, table = recipes.read_recipe("protonet-omniglot")
@@ -42,7 +43,7 @@ def bench_fewshot_omniglot(args: BenchArgs, env: BuildEnv) -> BenchResult:
         f"learner.time_budget_s={b['time_budget_s']}", f"learner.lr_halve_every={b['lr_halve_every']}",
     ]
     resolved = recipes.resolve(name, recipes.apply_overrides(table, overrides))
-    root = bench_data_root(args, env)
+    root = data_root(args.data_root or env.data_root)
     _, task, build_env = prepare(resolved, root)
     agent, train_s, done = train_agent(resolved, next(iter(resolved.agents)), build_env, task)
     five = task.eval

@@ -30,7 +30,8 @@ import time
 
 import torch
 
-from agentlab.bench import BenchArgs, BenchResult, bench_data_root, goal, register_bench
+from agentlab.bench import BenchArgs, BenchResult, goal, register_bench
+from agentlab.datasets import data_root
 from agentlab.registry import BuildEnv
 
 QUICK = {"budget_s": 80.0, "budget_s_cuda": 80.0, "episodes": 960, "test": 50, "shots": [1], "queries": 2, "per_class": 4, "batch": 8, "batch_cuda": 8}
@@ -42,11 +43,12 @@ def bench_fewshot_memtrans(args: BenchArgs, env: BuildEnv) -> BenchResult:
     """Omniglot 5-way 1/5-shot and sequential accuracy of the memory transformer."""
     from agentlab.agent import Agent
     from agentlab.context import FitContext
+    from agentlab.memory.memory_transformer import MemoryTransformerConfig
+    from agentlab.backbones.memtrans import MemTransNet, MemTransNetConfig
+    from agentlab.learners.memtrans import MemTransLearner, MemTransLearnerConfig
+    from agentlab.scenarios.episodes import ClassPool, EpisodeSampler, EpisodeSet
+    from agentlab.scenarios.omniglot import omniglot_split
     from agentlab.task import Task
-    from memory.memory_transformer import MemoryTransformerConfig
-    from memory.memtrans_fewshot import MemTransLearner, MemTransLearnerConfig, MemTransNet, MemTransNetConfig
-    from scenarios.episodes import ClassPool, EpisodeSampler, EpisodeSet
-    from scenarios.omniglot import omniglot_split
 
     b = dict(QUICK if args.quick else FULL)
     device = args.device
@@ -56,7 +58,7 @@ def bench_fewshot_memtrans(args: BenchArgs, env: BuildEnv) -> BenchResult:
     if not args.quick and "AGENTLAB_MEMTRANS_BUDGET_S" in os.environ:
         b["budget_s"] = _budget_from_env(os.environ["AGENTLAB_MEMTRANS_BUDGET_S"])
     torch.manual_seed(args.seed)
-    root = bench_data_root(args, env)
+    root = data_root(args.data_root or env.data_root)
     split = omniglot_split(root, "standard")
     train_pool = ClassPool(split.train_x, split.train_y, rotations=(0, 1, 2, 3))
     test_pool = ClassPool(split.test_x, split.test_y)

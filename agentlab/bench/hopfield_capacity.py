@@ -18,8 +18,8 @@ from __future__ import annotations
 import torch
 
 from agentlab.bench import BenchArgs, BenchResult, register_bench
+from agentlab.memory.hopfield_core import hopfield_retrieve
 from agentlab.registry import BuildEnv
-from memory.hopfield_core import hopfield_retrieve
 
 
 def corrupt(patterns: torch.Tensor, fraction: float, g: torch.Generator) -> torch.Tensor:

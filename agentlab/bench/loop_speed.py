@@ -51,7 +51,7 @@ def _time_avalanche(model: torch.nn.Module, experience) -> float:
     from avalanche.training import Naive
     from avalanche.training.plugins import EvaluationPlugin
 
-    from agentlab.learners.sgd import make_optimizer
+    from agentlab.optim import make_optimizer
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -72,7 +72,7 @@ def bench_loop_speed(args: BenchArgs, env: BuildEnv) -> BenchResult:
 
     from agentlab.avalanche_bridge.streams import experience_of
     from agentlab.backbones.mlp import MLP
-    from scenarios.mnist import permuted_mnist
+    from agentlab.scenarios.mnist import permuted_mnist
 
     root = env.data_root
     # One thread for both loops: on a shared 2-core machine, OpenMP threads that wait for a busy core

@@ -26,11 +26,18 @@ from typing import Any
 
 from agentlab.agent import Agent
 from agentlab.backbones.mlp import MLP
-from agentlab.bench import BenchArgs, BenchResult, bench_data_root, goal, register_bench
-from agentlab.bench._sparse_common import fresh_tb_dir, one_thread, say, tb_dir, vision_task
+from agentlab.bench import BenchArgs, BenchResult, goal, register_bench
+from agentlab.bench._sparse_common import (
+    fresh_tb_dir,
+    one_thread,
+    say,
+    tb_dir,
+    vision_task,
+)
+from agentlab.datasets import data_root
+from agentlab.plasticity.lottery import Lottery, LotteryConfig
+from agentlab.learners.imp import IMPConfig, curve_image, run_imp
 from agentlab.registry import BuildEnv
-from plasticity.lottery import Lottery, LotteryConfig
-from plasticity.lottery_imp import IMPConfig, curve_image, run_imp
 
 # Frankle & Carbin train LeNet with Adam 1.2e-3, batch 60 for 50K iterations (~55 epochs) and report test accuracy
 # at the iteration of minimum validation loss on 5,000 held-out training examples, averaged over five trials
@@ -51,7 +58,7 @@ def bench_lottery(args: BenchArgs, env: BuildEnv) -> BenchResult:
     one_thread()
     fresh_tb_dir("lottery", args.quick)
     p = QUICK if args.quick else FULL
-    task = vision_task("mnist", bench_data_root(args, env), train_n=p["train_n"], test_n=p["test_n"])
+    task = vision_task("mnist", data_root(args.data_root or env.data_root), train_n=p["train_n"], test_n=p["test_n"])
     seeds = [args.seed + i for i in range(p["seeds"])]
     log = TBLogger(tb_dir("lottery", args.quick))
     try:

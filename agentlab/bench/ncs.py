@@ -2,7 +2,7 @@
 
 A VQ-VAE with 128 codes maps each 28x28 image to a 7x7 grid of 7-bit tokens:
 6,272 raw bits over 343 token bits = 18.3:1. A small classifier
-(`memory.token_classifier`: codebook-initialised token embeddings, a 3-layer CNN
+(`agentlab.memory.token_classifier`: codebook-initialised token embeddings, a 3-layer CNN
 on the 7x7 grid) is trained on the token grids alone (never the pixels), with
 shifted-and-re-encoded copies of the training images as augmentation, and compared
 with the 1.2M-parameter CNN on raw pixels that NCS uses as its reference (two 3x3
@@ -19,11 +19,11 @@ import time
 
 import torch
 import torch.nn.functional as F
-from einops import rearrange
 from torch import Tensor, nn
 
-from agentlab.bench import BenchArgs, BenchResult, bench_data_root, n_params, register_bench
-from agentlab.learners.sgd import fast_kernels
+from agentlab.bench import BenchArgs, BenchResult, n_params, register_bench
+from agentlab.datasets import data_root
+from agentlab.optim import fast_kernels
 from agentlab.registry import BuildEnv
 
 
@@ -62,13 +62,18 @@ def accuracy(model: nn.Module, x: Tensor, y: Tensor) -> float:
 @register_bench("ncs", device=True)
 def bench_ncs(args: BenchArgs, env: BuildEnv) -> BenchResult:
     """VQ-VAE compression of MNIST and classification on its tokens (NCS)."""
-    from memory.token_classifier import TokenClassifier, encode_all, shifted_codes, train_on_codes
-    from memory.vqvae import ImageVQVAE, psnr_db
-    from scenarios.vision_data import load_tensors
+    from agentlab.memory.token_classifier import (
+        TokenClassifier,
+        encode_all,
+        shifted_codes,
+        train_on_codes,
+    )
+    from agentlab.memory.vqvae import ImageVQVAE, psnr_db
+    from agentlab.scenarios.vision_data import load_tensors
 
     torch.manual_seed(args.seed)
     g = torch.Generator().manual_seed(args.seed)
-    root = bench_data_root(args, env)
+    root = data_root(args.data_root or env.data_root)
     x, y = load_tensors("mnist", root, train=True)
     dev = args.device
     x = x.float().to(dev) / 255

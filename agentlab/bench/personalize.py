@@ -43,10 +43,10 @@ def _sizes(quick: bool) -> dict[str, int]:
 
 def adapter_factories(seed: int) -> dict[str, Callable[[], Any]]:
     """The adapter kinds compared, at their benchmark settings (compact ones at <= 1 KB per person)."""
-    from plasticity.lora import LoRA, LoRAConfig
-    from plasticity.mcnc import MCNC, MCNCConfig
-    from plasticity.nola import NOLA, NOLAConfig
-    from plasticity.pranc import PRANC, PRANCConfig
+    from agentlab.plasticity.lora import LoRA, LoRAConfig
+    from agentlab.plasticity.mcnc import MCNC, MCNCConfig
+    from agentlab.plasticity.nola import NOLA, NOLAConfig
+    from agentlab.plasticity.pranc import PRANC, PRANCConfig
 
     return {
         "lora": lambda: LoRA(LoRAConfig(rank=4, alpha=8.0, seed=seed)),
@@ -128,9 +128,9 @@ def fingerprint_top1(module: Any, stream: LazyStream, group: int = 1) -> float:
 
 def oracle_fingerprint(cfg: Any, traits: list[Any]) -> tuple[float, float]:
     """(one trace, one session) top-1 of the oracle: each held-out trace scored under every new person's TRUE
-    simulator traits (`scenarios.traces.oracle`); the ceiling of any identification from the same traces."""
-    from scenarios.traces.oracle import oracle_top1
-    from scenarios.traces.simulator import SESSION_LEN, simulate_person
+    simulator traits (`agentlab.scenarios.traces.oracle`); the ceiling of any identification from the same traces."""
+    from agentlab.scenarios.traces.oracle import oracle_top1
+    from agentlab.scenarios.traces.simulator import SESSION_LEN, simulate_person
 
     held = [simulate_person(t, cfg.train_traces + cfg.eval_traces, cfg.seed)[cfg.train_traces :] for t in traits]
     return oracle_top1(traits, held), oracle_top1(traits, held, group=SESSION_LEN)
@@ -138,8 +138,8 @@ def oracle_fingerprint(cfg: Any, traits: list[Any]) -> tuple[float, float]:
 
 def trait_recovery(agent: Agent, module: Any, stream: LazyStream, traits: list[Any]) -> dict[str, float]:
     """Pearson r across people between a latent trait and what the personalized model implies, minus the population model's."""
-    from scenarios.traces import encode as E
-    from scenarios.traces.format import ACTIONS, ERRORS
+    from agentlab.scenarios.traces import encode as E
+    from agentlab.scenarios.traces.format import ACTIONS, ERRORS
 
     check_id, write_id, add_id = ACTIONS.index("check"), ACTIONS.index("write_answer"), ACTIONS.index("add_col")
     carry_k = ERRORS.index("forgot_carry")
@@ -188,9 +188,12 @@ def bench_personalize(args: BenchArgs, env: BuildEnv) -> BenchResult:
 
 def _bench(args: BenchArgs) -> BenchResult:
     from agentlab.learners.personalize import Personalize, PersonalizeConfig
-    from scenarios.personalization import PersonalizationConfig, personalization_stream
-    from scenarios.traces.simulator import SESSION_LEN
-    from scenarios.traces.time_profile import PersonTime, PopulationTime
+    from agentlab.scenarios.personalization import (
+        PersonalizationConfig,
+        personalization_stream,
+    )
+    from agentlab.scenarios.traces.simulator import SESSION_LEN
+    from agentlab.scenarios.traces.time_profile import PersonTime, PopulationTime
 
     size = _sizes(args.quick)
     cfg = PersonalizationConfig(n_population=size["n_population"], n_people=size["n_people"], seed=args.seed)

@@ -14,22 +14,30 @@ import time
 
 import torch
 
-from agentlab.bench import BenchArgs, BenchResult, bench_data_root, register_bench
+from agentlab.bench import BenchArgs, BenchResult, register_bench
+from agentlab.datasets import data_root
 from agentlab.registry import BuildEnv
 
 
 @register_bench("sense-retrieval")
 def bench_sense_retrieval(args: BenchArgs, env: BuildEnv) -> BenchResult:
     """Spoken digit <-> image, word -> image retrieval; latency at 1e5 stored episodes."""
-    from scenarios.vision_data import load_tensors
-    from memory.encoders import encode_text
-    from memory.sense import WORDS, SenseData, fill_store, tokenize_all, top1, train_sense
-    from memory.store import EpisodeStore
-    from memory.tokenizer import SharedTokenizer
-    from scenarios.fsdd import load_fsdd
+    from agentlab.memory.encoders import encode_text
+    from agentlab.memory.sense import (
+        WORDS,
+        SenseData,
+        fill_store,
+        tokenize_all,
+        top1,
+        train_sense,
+    )
+    from agentlab.memory.store import EpisodeStore
+    from agentlab.memory.tokenizer import SharedTokenizer
+    from agentlab.scenarios.fsdd import load_fsdd
+    from agentlab.scenarios.vision_data import load_tensors
 
     torch.manual_seed(args.seed)
-    root = bench_data_root(args, env)
+    root = data_root(args.data_root or env.data_root)
     x, y = load_tensors("mnist", root, train=True)
     x = x.float() / 255
     xt, yt = load_tensors("mnist", root, train=False)
@@ -70,7 +78,7 @@ def bench_sense_retrieval(args: BenchArgs, env: BuildEnv) -> BenchResult:
     t0 = time.perf_counter()
     big.retrieve(q, k=5)
     batched_ms = 1000 * (time.perf_counter() - t0) / len(q)
-    # the same 1e5 keys behind a FAISS IVF index (memory.ann): latency and agreement with exact top-1
+    # the same 1e5 keys behind a FAISS IVF index (agentlab.memory.ann): latency and agreement with exact top-1
     ivf = EpisodeStore(capacity=100_000, key_dim=64, max_tokens=49, index="ivf", ann_min_size=1000)
     ivf.write(noisy, codes.repeat(reps, 1)[:100_000], y[:n_fill].repeat(reps)[:100_000])
     ivf.retrieve(q[:1], k=1)  # builds the index

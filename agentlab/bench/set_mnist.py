@@ -13,12 +13,20 @@ from __future__ import annotations
 
 from agentlab.agent import Agent
 from agentlab.backbones.mlp import MLP
-from agentlab.bench import BenchArgs, BenchResult, bench_data_root, goal, register_bench
-from agentlab.bench._sparse_common import fresh_tb_dir, one_thread, fit_one_task, say, tb_dir, vision_task
+from agentlab.bench import BenchArgs, BenchResult, goal, register_bench
+from agentlab.bench._sparse_common import (
+    fit_one_task,
+    fresh_tb_dir,
+    one_thread,
+    say,
+    tb_dir,
+    vision_task,
+)
+from agentlab.datasets import data_root
 from agentlab.learners.finetune import FineTune
 from agentlab.learners.sgd import SGDConfig
+from agentlab.plasticity.set import SET, SETConfig
 from agentlab.registry import BuildEnv
-from plasticity.set import SET, SETConfig
 
 # Full: 60 epochs, Adam 1e-3 with a cosine decay, dropout 0.3 for both
 # networks; about 2 minutes per network on an H100 (`--device cuda`), several hours on 2 CPU cores.
@@ -63,7 +71,7 @@ def bench_set_mnist(args: BenchArgs, env: BuildEnv) -> BenchResult:
     one_thread()
     fresh_tb_dir("set-mnist", args.quick)
     p = QUICK if args.quick else FULL
-    root = bench_data_root(args, env)
+    root = data_root(args.data_root or env.data_root)
     rows, m = [], {}
     for dataset in ("mnist", "fashion"):
         task = vision_task(dataset, root, train_n=p["train_n"], test_n=p["test_n"])

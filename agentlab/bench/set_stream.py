@@ -13,12 +13,13 @@ from __future__ import annotations
 
 from agentlab.agent import Agent
 from agentlab.backbones.mlp import MLP
-from agentlab.bench import BenchArgs, BenchResult, bench_data_root, goal, register_bench
+from agentlab.bench import BenchArgs, BenchResult, goal, register_bench
 from agentlab.bench._sparse_common import fresh_tb_dir, one_thread, say, tb_dir
+from agentlab.datasets import data_root
 from agentlab.learners.finetune import FineTune
 from agentlab.learners.sgd import SGDConfig
+from agentlab.plasticity.set import SET, SETConfig
 from agentlab.registry import BuildEnv, build
-from plasticity.set import SET, SETConfig
 
 # van de Ven & Tolias (2019) use 2x400 for Split MNIST and 2x1000 for Permuted MNIST.
 FULL = {
@@ -40,7 +41,7 @@ def run_stream(name: str, p: dict, args: BenchArgs, env: BuildEnv) -> dict:
     table = {"name": name, "scenario": "task", "max_per_task": p["max_per_task"], "max_eval_per_task": p["max_eval_per_task"]}
     if name == "permuted-mnist":
         table["n_tasks"] = 10
-    env = BuildEnv(seed=args.seed, data_root=bench_data_root(args, env))
+    env = BuildEnv(seed=args.seed, data_root=data_root(args.data_root or env.data_root))
     stream = build("stream", table, env)
     torch.manual_seed(args.seed)
     # Permuted MNIST: every task uses all 10 output rows, so each task may take at most 1/10 of the output layer.

@@ -33,8 +33,9 @@ import torch.nn.functional as F
 from einops import einsum
 from torch import Tensor, nn
 
-from agentlab.bench import BenchArgs, BenchResult, bench_data_root, register_bench
+from agentlab.bench import BenchArgs, BenchResult, register_bench
 from agentlab.bench.baselines import EWC_LAMBDA, PAPER, SI_C, class_order
+from agentlab.datasets import data_root
 from agentlab.registry import BuildEnv
 
 METHODS = ("finetune", "ewc", "si")
@@ -131,7 +132,7 @@ def bench_split_task_plain(args: BenchArgs, env: BuildEnv) -> BenchResult:
 
 def plain_bench(args: BenchArgs, env: BuildEnv, scenario: str) -> BenchResult:
     """The plain loop over the seeds for `scenario` (`split_domain` or `split_task`)."""
-    from scenarios.vision_data import load_tensors
+    from agentlab.scenarios.vision_data import load_tensors
 
     torch.set_num_threads(1)  # as baselines: one process per core
     methods = list(args.only) or list(METHODS)
@@ -141,7 +142,7 @@ def plain_bench(args: BenchArgs, env: BuildEnv, scenario: str) -> BenchResult:
     first = args.seed or 1
     seeds = list(range(first, first + (2 if args.quick else 20)))
     iters = 100 if args.quick else 2000
-    root = bench_data_root(args, env)
+    root = data_root(args.data_root or env.data_root)
     xtr, ytr = load_tensors("mnist", root, train=True)
     xte, yte = load_tensors("mnist", root, train=False)
     strength = {"finetune": 0.0, "ewc": EWC_LAMBDA[scenario], "si": SI_C[scenario]}

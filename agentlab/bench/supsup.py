@@ -26,7 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from agentlab import recipe as recipes
-from agentlab.bench import BenchArgs, BenchResult, bench_data_root, goal, register_bench
+from agentlab.bench import BenchArgs, BenchResult, goal, register_bench
+from agentlab.datasets import data_root
 from agentlab.registry import BuildEnv
 
 # van de Ven & Tolias 2019, Split MNIST class-IL (REFERENCES.md): what the baselines reach.
@@ -54,7 +55,7 @@ def run_recipe_table(name: str, overrides: list[str], args: BenchArgs, *, out_di
     resolved = recipes.resolve(rname, recipes.apply_overrides(table, [f"seed={args.seed}", *overrides]))
     recipes.check_components(resolved)
     env = BuildEnv(seed=resolved.seed)
-    env.data_root = bench_data_root(args, env)
+    env.data_root = data_root(args.data_root or env.data_root)
     seed_everything(resolved.seed)
     stream = recipes.build_stream(resolved, env)
     env.stream = stream
@@ -179,8 +180,8 @@ def inference_scaling(ks: list[int], *, images: int = 8, seed: int = 0, hidden: 
     import torch
     from torch import nn
 
+    from agentlab.plasticity.supsup import SupSup, SupSupConfig
     from agentlab.task import Task
-    from plasticity.supsup import SupSup, SupSupConfig
 
     def sync() -> None:
         if device.startswith("cuda"):

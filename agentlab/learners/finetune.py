@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from agentlab.data import Split
-from agentlab.learners.sgd import KeptOptimizer, SGDConfig, make_optimizer, make_schedule, supervised_step
+from agentlab.learners.sgd import SGDConfig, supervised_step
+from agentlab.optim import KeptOptimizer, make_optimizer, make_schedule
 from agentlab.registry import BuildEnv, register
 from agentlab.learners.base import StatelessLearner
 

@@ -1,6 +1,6 @@
 """The personalization learner: pre-train the population model on task 0, then fit each person's adapter.
 
-Loss (all three heads together, `scenarios.traces.objective.trace_losses`):
+Loss (all three heads together, `agentlab.scenarios.traces.objective.trace_losses`):
 cross-entropy of the next action + time_weight x Gaussian NLL of the step's
 log time + error_weight x binary cross-entropy of each error type.
 
@@ -20,10 +20,10 @@ import torch
 
 from agentlab.config import check
 from agentlab.registry import BuildEnv, register
-from plasticity.adapter import is_population_task
-from scenarios.traces.objective import trace_losses
+from agentlab.plasticity.adapter import is_population_task
+from agentlab.scenarios.traces.objective import trace_losses
 from agentlab.learners.base import StatelessLearner
-from agentlab.learners.sgd import backward_step, fast_kernels
+from agentlab.optim import backward_step, fast_kernels
 
 
 @dataclass(frozen=True)

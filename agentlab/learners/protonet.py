@@ -32,7 +32,7 @@ from torch import Tensor
 from agentlab.config import check
 from agentlab.registry import BuildEnv, register
 from agentlab.learners.base import StatelessLearner
-from agentlab.learners.sgd import fast_kernels
+from agentlab.optim import fast_kernels
 
 
 def prototypes(z: Tensor, y: Tensor, ways: int) -> Tensor:

@@ -22,7 +22,8 @@ from torch import Tensor
 from agentlab.config import check
 from agentlab.data import Batch
 from agentlab.learners.finetune import require_classification, train_split
-from agentlab.learners.sgd import KeptOptimizer, SGDConfig, supervised_step
+from agentlab.learners.sgd import SGDConfig, supervised_step
+from agentlab.optim import KeptOptimizer
 from agentlab.registry import BuildEnv, register
 
 

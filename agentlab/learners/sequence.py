@@ -11,13 +11,12 @@ below `threshold` bits per sequence.
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from agentlab.config import check
-from agentlab.learners.sgd import OptimizerConfig, backward_step, make_optimizer, with_terms
+from agentlab.optim import OptimizerConfig, backward_step, cosine_factor, make_optimizer, set_lr, with_terms
 from agentlab.registry import BuildEnv, register
 from agentlab.learners.base import StatelessLearner
 
@@ -86,7 +85,7 @@ class SequenceLearner(StatelessLearner):
         self.steps_done = 0
 
     def fit(self, agent: Any, task: Any, ctx: Any) -> None:
-        from scenarios.algorithmic import bits_per_sequence
+        from agentlab.scenarios.algorithmic import bits_per_sequence
 
         if task.kind != "sequence":
             raise ValueError(f"learner 'sequence' trains sequence tasks; task {task.name!r} is a {task.kind!r} task")
@@ -101,8 +100,7 @@ class SequenceLearner(StatelessLearner):
                 break
             if cfg.lr_schedule == "cosine":
                 done = max(step / cfg.steps, elapsed / cfg.time_budget_s if cfg.time_budget_s else 0.0)
-                for group in optimizer.param_groups:
-                    group["lr"] = cfg.lr * 0.5 * (1.0 + math.cos(math.pi * min(done, 1.0)))
+                set_lr(optimizer, cfg.lr * cosine_factor(done))
             agent.train()
             b = src.batch(ctx.generator, cfg.batch_size, curriculum.current).to(ctx.device)
             logits = agent(b.x, task.id)

@@ -7,9 +7,9 @@
     access.py      interface vector, write weighting, erase/add, read modes
     controller.py  LSTM or feed-forward controller
     core.py        the DNC MemoryModule (state in, state out)
-    modules.py     registry entries: memory `dnc`, backbones `dnc` and `lstm-seq`
+    modules.py     its settings and registry entry as memory `dnc` (backbones `dnc`, `lstm-seq`: agentlab.backbones.sequence)
 """
 
-from memory.dnc.core import DNC, DNCState
+from agentlab.memory.dnc.core import DNC, DNCState
 
 __all__ = ["DNC", "DNCState"]

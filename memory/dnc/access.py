@@ -29,10 +29,10 @@ import torch
 from einops import rearrange
 from torch import Tensor, nn
 
-from memory.dnc.allocation import write_allocation_weights
-from memory.dnc.content import content_weights, oneplus
-from memory.dnc.linkage import LinkageState, directional_weights, initial_linkage, off_diagonal, update_linkage
-from memory.dnc.usage import update_usage
+from agentlab.memory.dnc.allocation import write_allocation_weights
+from agentlab.memory.dnc.content import content_weights, oneplus
+from agentlab.memory.dnc.linkage import LinkageState, directional_weights, initial_linkage, off_diagonal, update_linkage
+from agentlab.memory.dnc.usage import update_usage
 
 
 class AccessState(NamedTuple):

@@ -28,8 +28,8 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from agentlab.protocols import MemoryModule, tensor_bytes
-from memory.dnc.access import AccessState, MemoryAccess
-from memory.dnc.controller import ControllerState, make_controller
+from agentlab.memory.dnc.access import AccessState, MemoryAccess
+from agentlab.memory.dnc.controller import ControllerState, make_controller
 
 
 class DNCState(NamedTuple):

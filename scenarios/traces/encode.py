@@ -34,8 +34,8 @@ import torch
 from torch import Tensor
 
 from agentlab.data import Split
-from scenarios.traces.format import ACTIONS, ERRORS, Step
-from scenarios.traces.problems import N_PROBLEM_FEATURES, parse_problem, problem_features
+from agentlab.scenarios.traces.format import ACTIONS, ERRORS, Step
+from agentlab.scenarios.traces.problems import N_PROBLEM_FEATURES, parse_problem, problem_features
 
 N_ACTIONS = len(ACTIONS)
 END = N_ACTIONS  # output class after the last step

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from scenarios.traces import encode as E
+from agentlab.scenarios.traces import encode as E
 
 HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 

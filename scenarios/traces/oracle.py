@@ -1,6 +1,6 @@
 """The oracle fingerprint: the exact log-likelihood of a simulated trace under each person's true traits.
 
-The simulator (`scenarios.traces.simulator`) is a chain of random choices.
+The simulator (`agentlab.scenarios.traces.simulator`) is a chain of random choices.
 Some depend on the solver's latent traits, the rest do not (which problem is
 drawn, which near miss a fact error writes, the next guess in guess-and-check,
 revising after a failed check with probability 0.8). Those trait-free factors
@@ -33,9 +33,9 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from scenarios.traces.format import ACTIONS, ERRORS, Step
-from scenarios.traces.problems import digits, n_columns, parse_problem
-from scenarios.traces.simulator import (
+from agentlab.scenarios.traces.format import ACTIONS, ERRORS, Step
+from agentlab.scenarios.traces.problems import digits, n_columns, parse_problem
+from agentlab.scenarios.traces.simulator import (
     BASE_TIME, SESSION_LEN, STRATEGIES, Traits, step_difficulty, strategy_modulation,
 )
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from scenarios.traces.format import PROBLEM_RE
+from agentlab.scenarios.traces.format import PROBLEM_RE
 
 KINDS: tuple[str, ...] = ("add", "sub", "eq")
 MAX_COLUMNS = 4

@@ -2,7 +2,7 @@
 
 Each simulated person has latent traits drawn once from a population
 distribution (`draw_traits`), then solves problems step by step (`solve`),
-writing the records of `scenarios.traces.format`:
+writing the records of `agentlab.scenarios.traces.format`:
 
 * strategy preferences per problem kind (column / partial sums / compensation for
   addition, column / counting up for subtraction, inverse operations / divide first /
@@ -26,8 +26,8 @@ import math
 import random
 from dataclasses import dataclass
 
-from scenarios.traces.format import ACTIONS, ERRORS, Step
-from scenarios.traces.problems import Problem, digits, n_columns, random_problem
+from agentlab.scenarios.traces.format import ACTIONS, ERRORS, Step
+from agentlab.scenarios.traces.problems import Problem, digits, n_columns, random_problem
 
 STRATEGIES: dict[str, tuple[str, ...]] = {
     "add": ("column", "partial_sums", "compensate"),

@@ -15,7 +15,7 @@ This profile is the direct model of that, fitted in closed form:
                  slope_j  = least squares of the rest on pos              (person-specific fatigue)
                  v_j[a]   = s2_j + 1 / (n_a / s2_j + 1 / TAU^2)            (spread + the offset's posterior variance)
 
-It reads the packed input of `scenarios.traces.encode` (no raw records
+It reads the packed input of `agentlab.scenarios.traces.encode` (no raw records
 needed), so real trace files work the same. Per person it keeps the offsets
 and training-step counts per action, the slope and s2: 2 x 19 + 2 numbers.
 Axis legend: n traces, l positions, s steps, a actions, f features.
@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from scenarios.traces import encode as E
+from agentlab.scenarios.traces import encode as E
 
 TAU = 1.0  # prior sd of a person's per-action speed about their mean speed (log units); picked on seed-1 people (0.2-2.0 tried)
 SD_PRIOR, SD_PRIOR_N = 0.15, 5.0  # prior guess of a person's log-time spread and its weight in pseudo-steps

@@ -18,7 +18,7 @@ from agentlab.backbones.mlp import MLP
 from agentlab.learners.finetune import FineTune
 from agentlab.learners.sgd import SGDConfig
 from agentlab.runner import run_recipe
-from scenarios.mnist import split_mnist
+from agentlab.scenarios.mnist import split_mnist
 
 
 def small(data_root, scenario="class", n=60, n_eval=40):

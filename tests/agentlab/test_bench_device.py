@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from agentlab.backbones.mlp import MLP, MLPConfig
-from agentlab.bench import check_device
+from agentlab.devices import check_device
 from agentlab.config import ConfigError
 from agentlab.errors import UserError
 
@@ -13,7 +13,7 @@ def test_check_device_accepts_cpu_and_names_bad_devices():
     assert check_device("cpu") == "cpu"
     with pytest.raises(UserError, match="not a torch device"):
         check_device("gpu0")
-    with pytest.raises(UserError, match="cpu or cuda"):
+    with pytest.raises(UserError, match="cpu, cuda or cuda:N"):
         check_device("meta")
 
 

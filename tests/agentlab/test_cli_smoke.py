@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from tests.tests_helpers import REPO
+from tests_helpers import REPO
 
 
 def _agentlab(*args, cwd=REPO, timeout=300):

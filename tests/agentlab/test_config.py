@@ -7,11 +7,12 @@ from typing import Literal
 
 import pytest
 
+from agentlab.plugins import load_plugins
 from agentlab import recipe as recipes
 from agentlab import registry
 from agentlab.config import ConfigError, build_config, check, parse_value
 from agentlab.learners.replay import ReplayConfig
-from tests.tests_helpers import REPO
+from tests_helpers import REPO
 
 
 @dataclass(frozen=True)
@@ -56,7 +57,7 @@ def test_parse_value_uses_toml_syntax():
 
 
 def test_duplicate_registration_is_refused():
-    registry.load_plugins()
+    load_plugins()
     with pytest.raises(ValueError, match="duplicate learner name 'finetune'"):
         registry.register("learner", "finetune", Toy)(lambda cfg, env: None)
 

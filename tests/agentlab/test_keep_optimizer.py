@@ -6,7 +6,8 @@ import torch
 
 from agentlab import recipe as recipes
 from agentlab.checkpoint import flatten_state, unflatten_state
-from agentlab.learners.sgd import KeptOptimizer, SGDConfig
+from agentlab.learners.sgd import SGDConfig
+from agentlab.optim import KeptOptimizer
 from agentlab.runner import run_recipe
 
 

@@ -14,7 +14,7 @@ from agentlab.learners.sgd import SGDConfig
 from agentlab.loop import LoopConfig, run
 from agentlab.runner import run_recipe
 from agentlab.seeding import seed_everything
-from scenarios.digits import DigitsSplitConfig, build_digits_split
+from agentlab.scenarios.digits import DigitsSplitConfig, build_digits_split
 
 
 def _resolved(overrides):

@@ -10,8 +10,8 @@ from agentlab.backbones.conv4 import Conv4
 from agentlab.context import FitContext
 from agentlab.learners.protonet import ProtoNet, ProtoNetConfig, neg_sq_dist, prototypes, sequential_logits
 from agentlab.task import Task
-from scenarios.episode_eval import evaluate_episodes
-from scenarios.episodes import ClassPool, EpisodeSampler, EpisodeSet
+from agentlab.scenarios.episode_eval import evaluate_episodes
+from agentlab.scenarios.episodes import ClassPool, EpisodeSampler, EpisodeSet
 
 
 def test_prototypes_and_distances_by_hand():

@@ -6,11 +6,11 @@ import math
 
 import torch
 
-from memory.dnc.access import erase_and_add, mix_read_modes, read_words
-from memory.dnc.allocation import allocation_weights, exclusive_cumprod, write_allocation_weights
-from memory.dnc.content import content_weights, cosine_similarity
-from memory.dnc.linkage import directional_weights, initial_linkage, update_linkage
-from memory.dnc.usage import update_usage
+from agentlab.memory.dnc.access import erase_and_add, mix_read_modes, read_words
+from agentlab.memory.dnc.allocation import allocation_weights, exclusive_cumprod, write_allocation_weights
+from agentlab.memory.dnc.content import content_weights, cosine_similarity
+from agentlab.memory.dnc.linkage import directional_weights, initial_linkage, update_linkage
+from agentlab.memory.dnc.usage import update_usage
 
 
 def test_cosine_similarity_and_content_weights_by_hand():

@@ -6,10 +6,10 @@ import torch
 
 from agentlab.checkpoint import load_checkpoint_dir, save_checkpoint
 from agentlab.registry import BuildEnv, build
-from memory.dnc import DNC, DNCState
-from memory.dnc.access import AccessState
-from memory.dnc.controller import ControllerState
-from memory.dnc.linkage import LinkageState
+from agentlab.memory.dnc import DNC, DNCState
+from agentlab.memory.dnc.access import AccessState
+from agentlab.memory.dnc.controller import ControllerState
+from agentlab.memory.dnc.linkage import LinkageState
 
 
 def small(**kw):
@@ -83,7 +83,7 @@ def test_registry_builds_memory_and_backbones():
     env = BuildEnv()
     mem = build("memory", {"name": "dnc", "input_size": 5, "output_size": 3, "memory_size": 4, "word_size": 2}, env)
     assert isinstance(mem, DNC)
-    from scenarios.algorithmic import AlgorithmicConfig, algorithmic_stream
+    from agentlab.scenarios.algorithmic import AlgorithmicConfig, algorithmic_stream
 
     env.stream = algorithmic_stream(AlgorithmicConfig(bits=4, max_len=3, gen_max_len=0, n_eval=2))
     bb = build("backbone", {"name": "dnc", "memory_size": 4, "word_size": 2, "hidden_size": 8}, env)

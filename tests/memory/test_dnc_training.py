@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from memory.dnc import DNC
-from memory.dnc.access import erase_and_add
-from memory.dnc.allocation import allocation_weights, write_allocation_weights
-from memory.dnc.usage import update_usage
-from scenarios.algorithmic import SequenceTaskSpec, bits_per_sequence
+from agentlab.memory.dnc import DNC
+from agentlab.memory.dnc.access import erase_and_add
+from agentlab.memory.dnc.allocation import allocation_weights, write_allocation_weights
+from agentlab.memory.dnc.usage import update_usage
+from agentlab.scenarios.algorithmic import SequenceTaskSpec, bits_per_sequence
 
 
 def test_feedforward_dnc_overfits_a_copy_batch_through_memory_alone():
@@ -69,8 +69,8 @@ def test_sequence_learner_cosine_rate_anneals_to_zero_over_the_steps(schedule, m
     import agentlab.learners.sequence as seq
     from agentlab.agent import Agent
     from agentlab.context import FitContext
-    from memory.dnc.modules import LSTMSequenceModel
-    from scenarios.algorithmic import AlgorithmicConfig, algorithmic_stream
+    from agentlab.backbones.sequence import LSTMSequenceModel
+    from agentlab.scenarios.algorithmic import AlgorithmicConfig, algorithmic_stream
 
     rates = []
     real_step = seq.backward_step

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from memory.hopfield import Hopfield, HopfieldLayer, HopfieldPooling
-from memory.hopfield_core import hopfield_retrieve
-from memory.hopfield_store import HopfieldStore
+from agentlab.memory.hopfield import Hopfield, HopfieldLayer, HopfieldPooling
+from agentlab.memory.hopfield_core import hopfield_retrieve
+from agentlab.memory.hopfield_store import HopfieldStore
 
 
 def signs(n, d, seed=0):

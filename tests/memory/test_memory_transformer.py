@@ -3,7 +3,7 @@
 import torch
 
 from agentlab import registry
-from memory.memory_transformer import (KVMemoryState, MemoryTransformer, MemoryTransformerConfig, least_used, read,
+from agentlab.memory.memory_transformer import (KVMemoryState, MemoryTransformer, MemoryTransformerConfig, least_used, read,
                                        write)
 
 

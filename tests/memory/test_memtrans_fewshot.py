@@ -7,8 +7,9 @@ import torch
 from agentlab.agent import Agent
 from agentlab.context import FitContext
 from agentlab.task import Task
-from memory.memory_transformer import MemoryTransformerConfig
-from memory.memtrans_fewshot import MemTransLearner, MemTransLearnerConfig, MemTransNet, MemTransNetConfig
+from agentlab.memory.memory_transformer import MemoryTransformerConfig
+from agentlab.backbones.memtrans import MemTransNet, MemTransNetConfig
+from agentlab.learners.memtrans import MemTransLearner, MemTransLearnerConfig
 
 
 def _agent(**kw):

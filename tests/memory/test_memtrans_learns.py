@@ -13,10 +13,10 @@ import torch.nn.functional as F
 from agentlab.agent import Agent
 from agentlab.context import FitContext
 from agentlab.task import Task
-from memory.memory_transformer import MemoryTransformer, MemoryTransformerConfig
-from memory.memtrans_fewshot import (MemTransLearner, MemTransLearnerConfig, MemTransNet, MemTransNetConfig,
-                                     sequential_rows)
-from scenarios.episodes import ClassPool, EpisodeSampler, EpisodeSet, sequential_episode
+from agentlab.memory.memory_transformer import MemoryTransformer, MemoryTransformerConfig
+from agentlab.backbones.memtrans import MemTransNet, MemTransNetConfig
+from agentlab.learners.memtrans import MemTransLearner, MemTransLearnerConfig, sequential_rows
+from agentlab.scenarios.episodes import ClassPool, EpisodeSampler, EpisodeSet, sequential_episode
 
 
 def _pool(n_classes: int, per_class: int, seed: int) -> ClassPool:

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from agentlab import registry
-from memory.mini_rag import MiniRAG, MiniRAGConfig, RAGState
-from memory.store import EpisodeStore, StoreCorruptError
+from agentlab.memory.mini_rag import MiniRAG, MiniRAGConfig, RAGState
+from agentlab.memory.store import EpisodeStore, StoreCorruptError
 
 
 def _store(cap=4, eviction="lru"):
@@ -179,8 +179,8 @@ def test_sense_rag_backbone_writes_training_batches_and_retrieves_them():
     from agentlab.learners.finetune import FineTune
     from agentlab.learners.sgd import SGDConfig
     from agentlab.loop import LoopConfig, run
-    from memory.rag_classifier import RAGClassifier, RAGClassifierConfig
-    from scenarios.splits import class_split_stream
+    from agentlab.backbones.sense_rag import RAGClassifier, RAGClassifierConfig
+    from agentlab.scenarios.splits import class_split_stream
 
     torch.manual_seed(0)
     x, y = torch.rand(64, 1, 28, 28), torch.arange(64) % 4

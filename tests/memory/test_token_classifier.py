@@ -2,7 +2,7 @@
 
 import torch
 
-from memory.token_classifier import TokenClassifier, shift_images, train_on_codes
+from agentlab.memory.token_classifier import TokenClassifier, shift_images, train_on_codes
 
 
 def test_shapes_and_codebook_initialisation():

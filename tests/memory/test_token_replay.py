@@ -6,8 +6,8 @@ from agentlab.agent import Agent
 from agentlab.backbones.mlp import MLP
 from agentlab.data import Split
 from agentlab.loop import LoopConfig, run
-from memory.token_replay import Codec, TokenReplay, TokenReplayConfig
-from scenarios.splits import class_split_stream
+from agentlab.learners.token_replay import Codec, TokenReplay, TokenReplayConfig
+from agentlab.scenarios.splits import class_split_stream
 
 
 def test_bytes_per_example_and_capacity():

@@ -2,10 +2,10 @@
 
 import torch
 
-from memory.tokenizer import SharedTokenizer, supcon_loss
-from memory.encoders import encode_text
-from memory.vq import VectorQuantizer
-from memory.vqvae import ImageVQVAE, pack_codes, unpack_codes
+from agentlab.memory.tokenizer import SharedTokenizer, supcon_loss
+from agentlab.memory.encoders import encode_text
+from agentlab.memory.vq import VectorQuantizer
+from agentlab.memory.vqvae import ImageVQVAE, pack_codes, unpack_codes
 
 
 def test_straight_through_gradient_is_identity():

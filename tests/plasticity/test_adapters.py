@@ -13,14 +13,14 @@ import torch
 from agentlab.agent import Agent
 from agentlab.backbones.trace_encoder import TraceEncoder
 from agentlab.task import Task
-from plasticity.lora import LoRA, LoRAConfig
-from plasticity.mcnc import MCNC, MCNCConfig
-from plasticity.nola import NOLA, NOLAConfig
-from plasticity.pranc import PRANC, PRANCConfig
-from plasticity.random_basis import basis, combine
-from scenarios.traces.encode import encode
-from scenarios.traces.objective import trace_losses
-from scenarios.traces.simulator import draw_traits, simulate_person
+from agentlab.plasticity.lora import LoRA, LoRAConfig
+from agentlab.plasticity.mcnc import MCNC, MCNCConfig
+from agentlab.plasticity.nola import NOLA, NOLAConfig
+from agentlab.plasticity.pranc import PRANC, PRANCConfig
+from agentlab.plasticity.random_basis import basis, combine
+from agentlab.scenarios.traces.encode import encode
+from agentlab.scenarios.traces.objective import trace_losses
+from agentlab.scenarios.traces.simulator import draw_traits, simulate_person
 
 REPO = Path(__file__).resolve().parents[2]
 TARGETS = ["cond", "action_head", "time_head", "blocks.1.ff.2"]

@@ -14,7 +14,7 @@ from agentlab.evaluate import evaluate
 from agentlab.learners.finetune import FineTune
 from agentlab.learners.sgd import SGDConfig
 from agentlab.task import LazyStream, Task
-from plasticity.fnnsp import FNNSP, FNNSPConfig, ModularLinear
+from agentlab.plasticity.fnnsp import FNNSP, FNNSPConfig, ModularLinear
 
 
 def pairs_stream(n_tasks: int = 3, d: int = 20, seed: int = 0) -> LazyStream:

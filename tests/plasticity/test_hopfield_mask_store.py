@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from plasticity.hopfield_mask_store import HopfieldMaskStore
+from agentlab.plasticity.hopfield_mask_store import HopfieldMaskStore
 
 
 def patterns(n: int, d: int, seed: int = 0) -> torch.Tensor:

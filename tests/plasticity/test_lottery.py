@@ -10,9 +10,9 @@ from agentlab.backbones.mlp import MLP
 from agentlab.context import FitContext
 from agentlab.data import Split
 from agentlab.task import Task
-from plasticity.lottery import Lottery, LotteryConfig, save_ticket
-from plasticity.lottery_imp import IMP, IMPConfig
-from plasticity.sparse_export import export_sparse
+from agentlab.plasticity.lottery import Lottery, LotteryConfig, save_ticket
+from agentlab.learners.imp import IMP, IMPConfig
+from agentlab.plasticity.sparse_export import export_sparse
 
 
 def _agent(cfg: LotteryConfig, seed: int = 0) -> tuple[Agent, Lottery]:
@@ -126,7 +126,7 @@ def test_lottery_state_dict_loads_into_fresh_module():
 
 
 def test_early_stopping_reports_test_accuracy_at_the_minimum_validation_loss(monkeypatch):
-    import plasticity.lottery_imp as imp
+    import agentlab.learners.imp as imp
 
     g = torch.Generator().manual_seed(1)
     x = torch.randn(260, 30, generator=g)
@@ -166,7 +166,7 @@ def test_lottery_bench_averages_trials_round_by_round():
 
 
 def test_early_stopping_every_n_steps_reports_the_step_of_minimum_validation_loss(monkeypatch):
-    import plasticity.lottery_imp as imp
+    import agentlab.learners.imp as imp
 
     g = torch.Generator().manual_seed(1)
     x = torch.randn(260, 30, generator=g)

@@ -15,10 +15,10 @@ from agentlab.learners.finetune import FineTune
 from agentlab.learners.sgd import SGDConfig
 from agentlab.ledger import ledger
 from agentlab.task import Task
-from plasticity.rewire import cosine_zeta, prune_nearest_zero
-from plasticity.set import SET, SETConfig
-from plasticity.sparse_export import export_sparse
-from plasticity.sparse_layer import SparseLayer, erdos_renyi_density
+from agentlab.plasticity.rewire import cosine_zeta, prune_nearest_zero
+from agentlab.plasticity.set import SET, SETConfig
+from agentlab.plasticity.sparse_export import export_sparse
+from agentlab.plasticity.sparse_layer import SparseLayer, erdos_renyi_density
 
 
 def _task(i: int, classes: tuple[int, ...], n: int = 64, d: int = 20, seed: int = 0) -> Task:

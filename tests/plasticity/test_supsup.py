@@ -14,10 +14,11 @@ from agentlab.data import Split
 from agentlab.learners.finetune import FineTune
 from agentlab.learners.sgd import SGDConfig
 from agentlab.task import LazyStream, Task
-from plasticity.bitpack import pack_bits, packed_size, unpack_bits
-from plasticity.supermask_layers import SupermaskLayer, TaskBatchNorm
-from plasticity.supsup import SupSup, SupSupConfig
-from plasticity.task_inference import alpha_gradient
+from agentlab.plasticity.bitpack import pack_bits, packed_size, unpack_bits
+from agentlab.plasticity.supermask_layers import SupermaskLayer, TaskBatchNorm
+from agentlab.plasticity.supsup import SupSup, SupSupConfig
+from agentlab.plasticity.task_inference import alpha_gradient
+from tests_helpers import permuted_stream
 
 
 def toy_stream(n_tasks: int = 3, n: int = 240, d: int = 20, seed: int = 0) -> LazyStream:
@@ -36,22 +37,6 @@ def toy_stream(n_tasks: int = 3, n: int = 240, d: int = 20, seed: int = 0) -> La
                     eval=Split(x[180:], y[180:]), classes=(2 * i, 2 * i + 1))
 
     return LazyStream("toy", "class", n_tasks, make, n_classes=2 * n_tasks, input_shape=(d,))
-
-
-def permuted_stream(n_tasks: int = 3, n: int = 400, d: int = 20, seed: int = 0) -> LazyStream:
-    """Permuted-MNIST in miniature: one 4-class Gaussian problem, each task permutes the features."""
-    g = torch.Generator().manual_seed(seed)
-    centers = torch.randn(4, d, generator=g) * 2.0
-    y = torch.randint(0, 4, (n,), generator=g)
-    x = centers[y] + torch.randn(n, d, generator=g)
-    perms = [torch.arange(d)] + [torch.randperm(d, generator=g) for _ in range(n_tasks - 1)]
-
-    def make(i: int) -> Task:
-        xp = x[:, perms[i]]
-        return Task(id=i, name=f"perm/{i}", kind="classification", train=Split(xp[:300], y[:300]),
-                    eval=Split(xp[300:], y[300:]), classes=(0, 1, 2, 3))
-
-    return LazyStream("perm", "domain", n_tasks, make, n_classes=4, input_shape=(d,))
 
 
 def mlp(d: int = 20, out: int = 6) -> nn.Module:

@@ -9,8 +9,8 @@ from agentlab.avalanche_bridge import AgentStrategy, to_avalanche
 from agentlab.backbones.mlp import MLP
 from agentlab.learners.finetune import FineTune
 from agentlab.learners.sgd import SGDConfig
-from plasticity.supsup import SupSup, SupSupConfig
-from scenarios.mnist import split_mnist
+from agentlab.plasticity.supsup import SupSup, SupSupConfig
+from agentlab.scenarios.mnist import split_mnist
 
 
 def test_supsup_agent_as_avalanche_strategy(data_root):

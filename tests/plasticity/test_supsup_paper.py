@@ -11,11 +11,11 @@ from agentlab.context import FitContext
 from agentlab.learners.finetune import FineTune
 from agentlab.learners.sgd import SGDConfig
 from agentlab.task import Task
-from plasticity.supermask_layers import binary_mask
-from plasticity.supsup import SupSup, SupSupConfig
-from plasticity.task_inference import g_objective
-from scenarios.mnist import MNIST_MEAN, MNIST_STD, PermutePixels
-from tests.plasticity.test_supsup import permuted_stream
+from agentlab.plasticity.supermask_layers import binary_mask
+from agentlab.plasticity.supsup import SupSup, SupSupConfig
+from agentlab.plasticity.task_inference import g_objective
+from agentlab.scenarios.mnist import MNIST_MEAN, MNIST_STD, PermutePixels
+from tests_helpers import permuted_stream
 
 
 def test_threshold_mask_is_score_sign_with_straight_through_gradient():

@@ -10,8 +10,8 @@ from agentlab.agent import Agent
 from agentlab.context import FitContext
 from agentlab.evaluate import evaluate
 from agentlab.learners.sequence import Curriculum, SequenceConfig, SequenceLearner
-from memory.dnc.modules import LSTMSequenceModel
-from scenarios.algorithmic import (AlgorithmicConfig, SequenceTaskSpec, algorithmic_stream, bits_per_sequence,
+from agentlab.backbones.sequence import LSTMSequenceModel
+from agentlab.scenarios.algorithmic import (AlgorithmicConfig, SequenceTaskSpec, algorithmic_stream, bits_per_sequence,
                                    copy_sequence, recall_sequence, repeat_copy_sequence, sequences_correct)
 
 

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from scenarios.episodes import (
+from agentlab.scenarios.episodes import (
     ClassPool, EpisodeSampler, EpisodeSet, accuracy_by_sighting, mean_ci95, sequential_episode, stack_sequential,
 )
 

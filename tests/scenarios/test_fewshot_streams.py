@@ -10,8 +10,8 @@ from agentlab.evaluate import evaluate
 from agentlab.protocols import MemoryModule
 from agentlab.registry import BuildEnv, build
 from agentlab.task import Task
-from scenarios.episode_eval import evaluate_episodes
-from scenarios.episodes import ClassPool, EpisodeSet
+from agentlab.scenarios.episode_eval import evaluate_episodes
+from agentlab.scenarios.episodes import ClassPool, EpisodeSet
 
 
 def test_omniglot_episode_stream(data_root):

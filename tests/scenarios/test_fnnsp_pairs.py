@@ -6,8 +6,8 @@ import pytest
 
 from agentlab.config import ConfigError
 from agentlab.registry import BuildEnv, build
-from scenarios.fnnsp import fnnsp_pairs
-from scenarios.vision_data import load_tensors
+from agentlab.scenarios.fnnsp import fnnsp_pairs
+from agentlab.scenarios.vision_data import load_tensors
 
 
 def test_default_pairs(data_root):

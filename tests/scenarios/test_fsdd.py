@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from agentlab.errors import DataNotFoundError
-from scenarios.fsdd import load_fsdd, log_spectrogram, read_wav
+from agentlab.scenarios.fsdd import load_fsdd, log_spectrogram, read_wav
 
 
 def test_official_test_split(data_root):

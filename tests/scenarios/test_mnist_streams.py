@@ -7,8 +7,8 @@ import torch
 
 from agentlab.errors import DataNotFoundError
 from agentlab.registry import BuildEnv, build
-from scenarios.mnist import permuted_mnist, rotated_mnist, split_fashion, split_mnist, task_permutation
-from scenarios.vision_data import load_tensors
+from agentlab.scenarios.mnist import permuted_mnist, rotated_mnist, split_fashion, split_mnist, task_permutation
+from agentlab.scenarios.vision_data import load_tensors
 
 
 @pytest.mark.parametrize("scenario", ["task", "domain", "class"])

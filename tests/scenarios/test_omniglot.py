@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from agentlab.errors import DataNotFoundError
-from scenarios import omniglot as om
+from agentlab.scenarios import omniglot as om
 
 
 def _png(value_at: tuple[int, int]) -> bytes:

@@ -12,10 +12,10 @@ from agentlab.backbones.trace_encoder import TraceEncoder
 from agentlab.context import FitContext
 from agentlab.evaluate import evaluate
 from agentlab.learners.personalize import Personalize, PersonalizeConfig
-from plasticity.lora import LoRA, LoRAConfig
-from scenarios.personalization import PersonalizationConfig, personalization_stream
-from scenarios.traces.format import write_jsonl
-from scenarios.traces.simulator import draw_traits, simulate_person
+from agentlab.plasticity.lora import LoRA, LoRAConfig
+from agentlab.scenarios.personalization import PersonalizationConfig, personalization_stream
+from agentlab.scenarios.traces.format import write_jsonl
+from agentlab.scenarios.traces.simulator import draw_traits, simulate_person
 
 TINY = dict(n_population=6, population_traces=4, n_people=3, train_traces=4, eval_traces=3)
 

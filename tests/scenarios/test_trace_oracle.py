@@ -9,12 +9,12 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from scenarios.traces.format import Step
-from scenarios.traces.oracle import (
+from agentlab.scenarios.traces.format import Step
+from agentlab.scenarios.traces.oracle import (
     TERMS, TraitTable, log_likelihood_terms, log_normal_interval, oracle_scores, oracle_top1, trace_events,
 )
-from scenarios.traces.problems import Problem
-from scenarios.traces.simulator import draw_traits, simulate_person, solve, strategy_weights
+from agentlab.scenarios.traces.problems import Problem
+from agentlab.scenarios.traces.simulator import draw_traits, simulate_person, solve, strategy_weights
 
 
 def test_every_simulated_trace_replays_and_a_foreign_one_is_refused() -> None:

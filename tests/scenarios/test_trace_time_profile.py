@@ -7,11 +7,11 @@ import math
 import torch
 
 from agentlab.backbones.trace_encoder import TraceEncoder
-from scenarios.traces import encode as E
-from scenarios.traces.encode import encode
-from scenarios.traces.objective import trace_log_likelihood, trace_log_likelihood_terms
-from scenarios.traces.simulator import draw_traits, simulate_person
-from scenarios.traces.time_profile import PersonTime, PopulationTime, step_table
+from agentlab.scenarios.traces import encode as E
+from agentlab.scenarios.traces.encode import encode
+from agentlab.scenarios.traces.objective import trace_log_likelihood, trace_log_likelihood_terms
+from agentlab.scenarios.traces.simulator import draw_traits, simulate_person
+from agentlab.scenarios.traces.time_profile import PersonTime, PopulationTime, step_table
 
 
 def _traces(n_people: int, n: int, seed: int = 0, prefix: str = "n") -> list[list]:

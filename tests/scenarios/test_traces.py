@@ -7,10 +7,10 @@ import json
 import pytest
 import torch
 
-from scenarios.traces.encode import END, IGNORE, START, X_CHANNELS, Y_CHANNELS, encode
-from scenarios.traces.format import ACTIONS, TraceSchemaError, read_jsonl, write_jsonl
-from scenarios.traces.problems import parse_problem, random_problem
-from scenarios.traces.simulator import draw_traits, simulate_person, simulate_population
+from agentlab.scenarios.traces.encode import END, IGNORE, START, X_CHANNELS, Y_CHANNELS, encode
+from agentlab.scenarios.traces.format import ACTIONS, TraceSchemaError, read_jsonl, write_jsonl
+from agentlab.scenarios.traces.problems import parse_problem, random_problem
+from agentlab.scenarios.traces.simulator import draw_traits, simulate_person, simulate_population
 
 GOOD = {"person": "p1", "session": 0, "trace": 0, "step": 0, "problem": "47+38", "action": "add_col",
         "operands": [7, 8, 0], "result": 5, "time_s": 2.5, "error": None}

@@ -20,11 +20,10 @@ from typing import Literal
 from einops import reduce
 from torch import Tensor, nn
 
-from agentlab.backbones.mlp import stream_dims
 from agentlab.config import check
 from agentlab.registry import BuildEnv, register
-from memory.mini_rag import MiniRAG, MiniRAGConfig, RAGState
-from memory.tokenizer import SharedTokenizer
+from agentlab.memory.mini_rag import MiniRAG, MiniRAGConfig, RAGState
+from agentlab.memory.tokenizer import SharedTokenizer
 
 
 @dataclass(frozen=True)
@@ -71,5 +70,5 @@ class RAGClassifier(nn.Module):
 @register("backbone", "sense-rag", RAGClassifierConfig)
 def build_rag_classifier(cfg: RAGClassifierConfig, env: BuildEnv) -> RAGClassifier:
     """Image classifier over SENSE tokens that retrieves stored episodes (mini-RAG) by cross-attention."""
-    _, n = stream_dims(env, 784, cfg.out_features)
+    _, n = env.stream_sizes(784, cfg.out_features, where="backbone")
     return RAGClassifier(cfg, n)

@@ -1,4 +1,4 @@
-"""Few-shot learning with the memory transformer: the `memtrans-conv4` backbone and the `memtrans` episode learner.
+"""`memtrans`: meta-training of the memory transformer (`memtrans-conv4` backbone) over few-shot episodes.
 
 Axis legend: B episodes, T steps, E image embedding dim, N ways, D model dim.
 
@@ -13,79 +13,24 @@ Every step of an episode becomes one input row [e(x_t), e(x_bound), onehot(label
   revealed at t is bound to the image it belongs to and written at t; every step writes
   and is scored (accuracy by n-th sighting).
 
-The image embedding is the Conv-4 of matching / prototypical networks (Vinyals et al.
-2016; Snell et al. 2017): four blocks of 3x3 conv (64), batch norm, ReLU, 2x2 max-pool.
 The learner meta-trains everything end to end over episodes (Adam); episodes of both
 protocols can be mixed. Memory starts empty for every episode (`reset = "episode"`).
 """
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
+from agentlab.backbones.memtrans import MemTransNet
 from agentlab.config import check
-from agentlab.learners.sgd import backward_step, fast_kernels
+from agentlab.optim import backward_step, cosine_factor, fast_kernels, set_lr
 from agentlab.registry import BuildEnv, register
-from memory.memory_transformer import MemoryTransformer, MemoryTransformerConfig
-
-
-def conv4(channels: int = 64) -> nn.Sequential:
-    """(B, 1, 28, 28) -> (B, 64): 4 x [conv3x3, BN, ReLU, maxpool2], then global average."""
-    blocks, c_in = [], 1
-    for _ in range(4):
-        blocks += [nn.Conv2d(c_in, channels, 3, padding=1), nn.BatchNorm2d(channels), nn.ReLU(), nn.MaxPool2d(2, ceil_mode=True)]
-        c_in = channels
-    return nn.Sequential(*blocks, nn.AdaptiveAvgPool2d(1), nn.Flatten())
-
-
-@dataclass(frozen=True)
-class MemTransNetConfig:
-    """Conv-4 image embedding, memory transformer, linear read-out over the episode's N labels."""
-
-    ways: int = 5
-    """labels per episode (the read-out size)"""
-    channels: int = 64
-    """Conv-4 width = image embedding size"""
-    memory: MemoryTransformerConfig = field(default_factory=lambda: MemoryTransformerConfig(in_features=1))
-    """the memory transformer (in_features is set from the embedding and ways)"""
-
-    def __post_init__(self) -> None:
-        check(self.ways >= 2, "ways", self.ways, "an integer >= 2")
-        check(self.channels >= 1, "channels", self.channels, "an integer >= 1")
-
-
-class MemTransNet(nn.Module):
-    def __init__(self, cfg: MemTransNetConfig) -> None:
-        super().__init__()
-        self.cfg = cfg
-        e, n = cfg.channels, cfg.ways
-        mem_cfg = MemoryTransformerConfig(**{**cfg.memory.__dict__, "in_features": 2 * e + n, "address_features": e})
-        self.embed = conv4(e)
-        self.memory = MemoryTransformer(mem_cfg)
-        self.head = nn.Linear(mem_cfg.dim, n)
-
-    def forward(self, x: Tensor) -> Tensor:
-        """Image embeddings (B, E) (a classification call has no episode context)."""
-        return self.embed(x)
-
-    def run(self, rows: Tensor, write_mask: Tensor | None = None, attend: Tensor | None = None) -> Tensor:
-        """rows (B, T, F) -> logits (B, T, N); memory starts empty unless the memory is configured to carry it.
-
-        Reads are addressed by the current image's embedding, writes by the embedding of the
-        image whose label the row carries (MANN's content-based addressing).
-        """
-        e = self.cfg.channels
-        y, state = self.memory(rows, self.memory.start_state(rows.shape[0], rows.device), write_mask=write_mask,
-                               attend=attend, read_address=rows[..., :e], write_address=rows[..., e : 2 * e])
-        self.memory.keep(state)
-        return self.head(y)
 
 
 def _img(x: Tensor, device: str) -> Tensor:
@@ -218,8 +163,7 @@ class MemTransLearner:
                 done = (self.episodes_done - first) / max(c.episodes - first, 1)
                 if c.time_budget_s:
                     done = max(done, (time.perf_counter() - start) / c.time_budget_s)
-                for group in opt.param_groups:
-                    group["lr"] = c.lr * 0.5 * (1 + math.cos(math.pi * min(done, 1.0)))
+                set_lr(opt, c.lr * cosine_factor(done))
             # one kind and one size per step, so the episodes stack into one batch
             kind = c.protocol if c.protocol != "both" else ("standard", "sequential")[step % 2]
             if kind == "sequential":
@@ -245,11 +189,11 @@ class MemTransLearner:
     def evaluate_set(self, agent: Any, episodes: Any, device: str = "cpu", batch: int = 50) -> Any:
         """The episode evaluator's `EpisodeReport` over a fixed `EpisodeSet`, `batch` episodes per forward pass.
 
-        Same figures as `scenarios.episode_eval.evaluate_episodes` (each episode starts from an empty
+        Same figures as `agentlab.scenarios.episode_eval.evaluate_episodes` (each episode starts from an empty
         memory; batch norm in evaluation mode, so an episode's logits do not depend on its batch), faster.
         """
-        from scenarios.episode_eval import EpisodeReport, reset_memories
-        from scenarios.episodes import accuracy_by_sighting
+        from agentlab.scenarios.episode_eval import EpisodeReport, reset_memories
+        from agentlab.scenarios.episodes import accuracy_by_sighting
 
         was_training = agent.training
         agent.eval()
@@ -275,12 +219,6 @@ class MemTransLearner:
 
     def state_bytes(self) -> int:
         return 0
-
-
-@register("backbone", "memtrans-conv4", MemTransNetConfig)
-def build_memtrans_net(cfg: MemTransNetConfig, env: BuildEnv) -> MemTransNet:
-    """Conv-4 embedding + memory transformer (500-slot LRU key-value memory) for few-shot episodes."""
-    return MemTransNet(cfg)
 
 
 @register("learner", "memtrans", MemTransLearnerConfig)

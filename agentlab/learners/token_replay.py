@@ -29,7 +29,7 @@ from agentlab.learners.finetune import require_classification, train_split
 from agentlab.learners.replay import ReplayBuffer
 from agentlab.learners.sgd import SGDConfig, supervised_step
 from agentlab.registry import BuildEnv, register
-from memory.vqvae import ImageVQVAE, pack_codes, unpack_codes
+from agentlab.memory.vqvae import ImageVQVAE, pack_codes, unpack_codes
 
 
 @dataclass(frozen=True)

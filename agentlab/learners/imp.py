@@ -32,7 +32,7 @@ from agentlab.evaluate import evaluate
 from agentlab.learners.finetune import require_classification, train_split
 from agentlab.learners.sgd import SGDConfig, supervised_step
 from agentlab.registry import BuildEnv, register
-from plasticity.lottery import Lottery
+from agentlab.plasticity.lottery import Lottery
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,145 @@
+"""Optimisers and learning-rate schedules: what every training loop in the library builds its updates with.
+
+One place for the settings (`OptimizerConfig`), the optimiser factory with the fast multi-tensor kernels,
+the one cosine schedule, and the backward-and-step of a loss. Learners, memories that pretrain their own
+parts (tokenizers, VQ-VAEs) and benchmarks import these; nothing here knows about tasks or agents.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Iterable, Literal, Mapping, Sequence
+
+import torch
+from torch import Tensor
+
+from agentlab.config import check
+
+
+@dataclass(frozen=True)
+class OptimizerConfig:
+    """The optimiser's settings, shared by every learner that builds one with `make_optimizer`."""
+
+    lr: float = 0.01
+    """learning rate"""
+    optimizer: Literal["sgd", "adam", "rmsprop"] = "adam"
+    """optimiser, rebuilt at the start of every task unless `keep_optimizer`"""
+    momentum: float = 0.0
+    """SGD momentum"""
+    weight_decay: float = 0.0
+    """L2 penalty"""
+    grad_clip: float = 0.0
+    """clip the global gradient norm to this value; 0 = off"""
+
+    def __post_init__(self) -> None:
+        check(self.lr > 0, "lr", self.lr, "a number > 0")
+        check(0 <= self.momentum < 1, "momentum", self.momentum, "in [0, 1)")
+        check(self.weight_decay >= 0, "weight_decay", self.weight_decay, "a number >= 0")
+        check(self.grad_clip >= 0, "grad_clip", self.grad_clip, "a number >= 0")
+
+
+def make_optimizer(params: Iterable[torch.nn.Parameter], cfg: Any) -> torch.optim.Optimizer:
+    params = list(params)
+    if not params:
+        raise ValueError("the agent has no trainable parameters for this task; check the plasticity modules' freezing")
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, **fast_kernels(params))
+    if cfg.optimizer == "rmsprop":
+        return torch.optim.RMSprop(params, lr=cfg.lr, weight_decay=cfg.weight_decay, **fast_kernels(params))
+    return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, **fast_kernels(params, fused=True))
+
+
+def optimizes_exactly(optimizer: torch.optim.Optimizer, params: Sequence[torch.nn.Parameter]) -> bool:
+    """Whether `optimizer` updates exactly these parameter objects, in this order (a kept optimizer stays valid)."""
+    kept = [p for g in optimizer.param_groups for p in g["params"]]
+    return len(kept) == len(params) and all(a is b for a, b in zip(kept, params))
+
+
+class KeptOptimizer:
+    """The optimizer of a learner's tasks: a fresh one per task, or with `cfg.keep_optimizer` one for the whole
+    stream (its moments carried from task to task) while the agent trains the same parameters; a plasticity
+    module that changes what is trained gets a fresh optimizer, as the Avalanche bridge does.
+
+    Its state is part of the learner's checkpoint, so a resumed run continues with the same moments.
+    """
+
+    def __init__(self) -> None:
+        self.optimizer: torch.optim.Optimizer | None = None
+        self._pending: dict[str, Any] | None = None
+
+    def for_task(self, params: Iterable[torch.nn.Parameter], cfg: Any) -> torch.optim.Optimizer:
+        params = list(params)
+        if cfg.keep_optimizer and self.optimizer is not None and optimizes_exactly(self.optimizer, params):
+            return self.optimizer
+        self.optimizer = make_optimizer(params, cfg)
+        if cfg.keep_optimizer and self._pending is not None:
+            self.optimizer.load_state_dict(self._pending)
+        self._pending = None
+        return self.optimizer
+
+    def state_dict(self) -> dict[str, Any]:
+        """The kept optimizer's state with string keys (checkpoints hold JSON trees); empty before the first task."""
+        if self.optimizer is None:
+            return {}
+        state = self.optimizer.state_dict()
+        return {"state": {str(k): v for k, v in state["state"].items()}, "param_groups": state["param_groups"]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restored into the optimizer the next task builds (the parameters are known only then)."""
+        if state:
+            self._pending = {"state": {int(k): v for k, v in state["state"].items()}, "param_groups": state["param_groups"]}
+
+
+def fast_kernels(params: Sequence[Tensor], *, fused: bool = False) -> dict[str, bool]:
+    """Keyword arguments that make a torch optimizer update all tensors in one multi-tensor (`foreach`)
+    or `fused` kernel: same update rule, fewer kernel launches. On the CPU PyTorch otherwise loops over
+    tensors with several small kernels each; measured on LeNet 300-100 at batch 60, one thread, a whole
+    training step took 5.6 ms (default), 2.7 ms (foreach), 2.0 ms (fused Adam). `fused` is for
+    Adam / AdamW / SGD, and only taken when every tensor is floating point on one device type."""
+    if not params or not all(t.is_floating_point() for t in params):
+        return {}
+    if fused and len({t.device.type for t in params}) == 1:
+        return {"fused": True}
+    return {"foreach": True}
+
+
+def cosine_factor(progress: float) -> float:
+    """The one cosine of the library: 0.5 (1 + cos(pi p)) for progress p clamped to [0, 1], so 1 at the start and 0
+    from the end on (SGDR, Loshchilov & Hutter 2017, without restarts). Learning rates anneal by it over steps,
+    episodes or seconds, and SET's RigL drop fraction over updates (Evci et al. 2020, eq. 1)."""
+    return 0.5 * (1.0 + math.cos(math.pi * min(max(progress, 0.0), 1.0)))
+
+
+def make_schedule(optimizer: torch.optim.Optimizer, cfg: Any, steps: int) -> torch.optim.lr_scheduler.LRScheduler | None:
+    """The per-step learning-rate schedule of `cfg.lr_schedule` over `steps` steps (None for a constant rate);
+    with `cfg.max_steps` the budget is the smaller of the two."""
+    if cfg.lr_schedule == "constant":
+        return None
+    total = max(1, min(steps, cfg.max_steps) if cfg.max_steps else steps)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: cosine_factor(s / total))
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """Set every parameter group's learning rate (schedules driven by time or episodes rather than steps)."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
+def with_terms(losses: Mapping[str, Tensor], terms: Mapping[str, Tensor]) -> tuple[Tensor, dict[str, float]]:
+    """The loss to minimise (the learner's `losses` plus the modules' extra `terms`) and each of them as a
+    float for logging, with the sum under "total"."""
+    loss = sum(losses.values()) + sum(terms.values())
+    logged = {k: float(v.detach()) for k, v in {**losses, **terms}.items()}
+    logged["total"] = float(loss.detach())
+    return loss, logged
+
+
+def backward_step(optimizer: torch.optim.Optimizer, loss: Tensor, params: Iterable[torch.nn.Parameter], grad_clip: float) -> None:
+    """Zero the gradients, backpropagate `loss`, clip the global gradient norm of `params` to `grad_clip`
+    (0 = off; DNC and transformer training diverge without it), take one optimiser step."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(list(params), grad_clip)
+    optimizer.step()
