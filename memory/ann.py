@@ -18,13 +18,14 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from agentlab.extras import require
+
 
 class IVFIndex:
     """FAISS IndexIVFFlat (inner product) over (n, E) keys with slot ids."""
 
     def __init__(self, keys: Tensor, slots: Tensor, *, nprobe: int = 8, nlist: int = 0) -> None:
-        import faiss
-
+        faiss = require("faiss", extra="ann", feature="the approximate index of large episode stores (ann_min_size)")
         n, dim = keys.shape
         self.nlist = nlist or max(1, int(4 * math.sqrt(n)))  # FAISS guideline: 4 sqrt(n) .. 16 sqrt(n) cells
         self.quantizer = faiss.IndexFlatIP(dim)
