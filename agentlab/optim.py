@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Iterable, Literal, Mapping, Sequence
+from typing import Any, Callable, Iterable, Literal, Mapping, Sequence
 
 import torch
 from torch import Tensor
@@ -111,13 +111,47 @@ def cosine_factor(progress: float) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * min(max(progress, 0.0), 1.0)))
 
 
-def make_schedule(optimizer: torch.optim.Optimizer, cfg: Any, steps: int) -> torch.optim.lr_scheduler.LRScheduler | None:
-    """The per-step learning-rate schedule of `cfg.lr_schedule` over `steps` steps (None for a constant rate);
-    with `cfg.max_steps` the budget is the smaller of the two."""
-    if cfg.lr_schedule == "constant":
-        return None
+class Schedule:
+    """A task's learning-rate controller. The training loop tells it the loss after every optimiser step and the
+    mean training loss after every pass over the task's data; `after_epoch` returning True ends the task's
+    training there (a controller that predicts no further gain stops early). The base class keeps the rate."""
+
+    def after_step(self, loss: float) -> None:
+        """One optimiser step was taken; `loss` is its total loss."""
+
+    def after_epoch(self, epoch: int, loss: float) -> bool:
+        """Pass `epoch` ended with mean training loss `loss`; True = stop training this task."""
+        return False
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+
+class CosineSchedule(Schedule):
+    """The rate annealed from its initial value to 0 along `cosine_factor` over `total` steps."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, total: int) -> None:
+        self.sched = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: cosine_factor(s / total))
+
+    def after_step(self, loss: float) -> None:
+        self.sched.step()
+
+
+ScheduleFactory = Callable[[torch.optim.Optimizer, Any, int], Schedule]
+SCHEDULES: dict[str, ScheduleFactory] = {
+    "constant": lambda optimizer, cfg, steps: Schedule(),
+    "cosine": lambda optimizer, cfg, steps: CosineSchedule(optimizer, steps),
+}
+
+
+def make_schedule(optimizer: torch.optim.Optimizer, cfg: Any, steps: int) -> Schedule:
+    """The schedule `cfg.lr_schedule` names over a task of `steps` optimiser steps (with `cfg.max_steps` the
+    budget is the smaller of the two)."""
     total = max(1, min(steps, cfg.max_steps) if cfg.max_steps else steps)
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: cosine_factor(s / total))
+    return SCHEDULES[cfg.lr_schedule](optimizer, cfg, total)
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:

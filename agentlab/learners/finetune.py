@@ -39,6 +39,7 @@ def train_split(
     schedule = make_schedule(optimizer, cfg, cfg.epochs * per_epoch)
     steps = 0
     for epoch in range(cfg.epochs):
+        total, n = 0.0, 0
         for batch in split.batches(cfg.batch_size, shuffle=True, generator=ctx.generator, task_id=task.id):
             batch = batch.to(ctx.device)
             if step_fn is not None:
@@ -47,15 +48,16 @@ def train_split(
                 losses = supervised_step(agent, batch, optimizer, cfg, task, classes_by_task)
             agent.after_step(ctx.global_step)
             ctx.step(losses, len(batch))
-            if schedule is not None:
-                schedule.step()
+            schedule.after_step(losses["total"])
+            total, n = total + losses["total"], n + 1
             steps += 1
             if cfg.max_steps and steps >= cfg.max_steps:
                 break
         agent.after_epoch(epoch)
         if on_epoch is not None:
             on_epoch(epoch)
-        if cfg.max_steps and steps >= cfg.max_steps:
+        stop = schedule.after_epoch(epoch, total / max(n, 1))
+        if stop or (cfg.max_steps and steps >= cfg.max_steps):
             break
 
 

@@ -27,7 +27,8 @@ def _contracts() -> list[dict]:
 
 
 def _lint(cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([str(BIN / "lint-imports"), "--no-cache"], cwd=cwd, capture_output=True, text=True, timeout=300,
+    lint = "import sys; from importlinter.cli import lint_imports_command; sys.argv[0] = 'lint-imports'; lint_imports_command()"
+    return subprocess.run([sys.executable, "-c", lint, "--no-cache"], cwd=cwd, capture_output=True, text=True, timeout=300,
                           env=env)
 
 
@@ -122,8 +123,14 @@ def test_wheel_installs_and_runs_outside_the_repository(tmp_path):
     it carries the plug-ins inside `agentlab` and nothing under the bare names."""
     import zipfile
 
+    # build from a copy, so no stale build/ folder of the checkout leaks into the wheel and none is left behind
+    tree = tmp_path / "tree"
+    for name in ("agentlab", "memory", "plasticity", "scenarios"):
+        shutil.copytree(REPO / name, tree / name, symlinks=True, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
+        shutil.copy(REPO / name, tree / name)
     dist = tmp_path / "dist"
-    p = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(dist), str(REPO)],
+    p = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(dist), str(tree)],
                        capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert p.returncode == 0, p.stderr
     (wheel,) = dist.glob("agentlab-*.whl")
