@@ -199,7 +199,9 @@ class MemTransLearner:
         self.train_s = time.perf_counter() - start
 
     def predict_episode(self, agent: Any, episode: Any, device: str = "cpu") -> Tensor:
-        return self.logits(agent.backbone, [episode], device)[0]
+        """Logits of one episode, every module set to the task the agent trained last (as in training)."""
+        with agent.task_context(agent.current_task):
+            return self.logits(agent.backbone, [episode], device)[0]
 
     @torch.no_grad()
     def evaluate_set(self, agent: Any, episodes: Any, device: str = "cpu", batch: int = 50) -> Any:
@@ -218,7 +220,9 @@ class MemTransLearner:
             for lo in range(0, len(episodes), batch):
                 eps = [episodes[i] for i in range(lo, min(lo + batch, len(episodes)))]
                 reset_memories(agent)
-                correct = (self.logits(agent.backbone, eps, device).argmax(-1).cpu() == targets(eps)).float()
+                with agent.task_context(agent.current_task):
+                    logits = self.logits(agent.backbone, eps, device)
+                correct = (logits.argmax(-1).cpu() == targets(eps)).float()
                 report.accs += correct.mean(1).tolist()
                 if is_sequential(eps):
                     sighting = torch.cat([ep.sighting for ep in eps])

@@ -104,14 +104,15 @@ class ProtoNet(StatelessLearner):
         self.episodes_done = 0  # training episodes of the last `fit` (less than cfg.episodes when the time budget ran out)
 
     @staticmethod
-    def embed(agent: Any, x: Tensor) -> Tensor:
-        return agent(x).flatten(1)  # (B, D)
+    def embed(agent: Any, x: Tensor, task_id: int | None = None) -> Tensor:
+        """(B, D) embeddings with every module set to `task_id` (prediction: the task the agent trained last)."""
+        return agent(x, task_id if task_id is not None else agent.current_task).flatten(1)
 
     def episode_loss(self, agent: Any, ep: Any, device: str, task_id: int | None = None) -> StepOutput:
         """The query cross-entropy of one episode (Snell et al. eq. 2), with its accuracy logged; the modules' loss
         terms see the episode's support and query examples (episode labels 0..N-1) and their embeddings."""
         x = torch.cat([ep.support_x, ep.query_x]).to(device)
-        z = self.embed(agent, x)  # one batch: BN sees the whole episode
+        z = self.embed(agent, x, task_id)  # one batch: BN sees the whole episode
         zs, zq = z[: ep.support_x.shape[0]], z[ep.support_x.shape[0] :]
         logits = neg_sq_dist(zq, prototypes(zs, ep.support_y.to(device), ep.ways))  # (M, N)
         yq = ep.query_y.to(device)

@@ -160,15 +160,19 @@ def test_protonet_minimises_the_modules_loss_terms():
 
     torch.manual_seed(0)
     pool = ClassPool(torch.rand(24, 1, 2, 2), torch.arange(24) % 4)
-    task = Task(id=0, name="toy", kind="episode", train=EpisodeSampler(pool, 2, 1, 1), eval=None, meta={"shots": 1})
+    task = Task(id=3, name="toy", kind="episode", train=EpisodeSampler(pool, 2, 1, 1), eval=None, meta={"shots": 1})
     penalty = Penalty()
     agent = Agent(Logged([]), plasticity=[penalty], learner=ProtoNet(ProtoNetConfig(episodes=5, train_ways=3, train_queries=2, lr=0.05)))
     tags = []
     ctx = _ctx()
     ctx.log_scalar = lambda tag, v, s: tags.append(tag)
+    agent.start_task(task)
     agent.learner.fit(agent, task, ctx)
     assert "losses/penalty/l2" in tags and "losses/train_episode_acc" in tags
     assert (penalty.w < 1).all()  # only the term's gradient moves w
+    assert penalty.views == [3] * 5  # every episode embedded with the modules set to the task
+    agent.learner.predict_episode(agent, task.train.sample(torch.Generator().manual_seed(0)))
+    assert penalty.views[-1] == 3  # and so are the episodes it answers
 
 
 def test_memtrans_minimises_the_modules_loss_terms_and_runs_the_backbone_set_to_the_task():
@@ -189,10 +193,14 @@ def test_memtrans_minimises_the_modules_loss_terms_and_runs_the_backbone_set_to_
     tags = []
     ctx = _ctx()
     ctx.log_scalar = lambda tag, v, s: tags.append(tag)
-    agent.learner.fit(agent, Task(id=7, name="toy", kind="episode", train=SimpleNamespace(sample=episode), eval=None), ctx)
+    task = Task(id=7, name="toy", kind="episode", train=SimpleNamespace(sample=episode), eval=None)
+    agent.learner.fit(agent, task, ctx)
     assert ctx.global_step == 2 and "losses/penalty/l2" in tags and "losses/episode_acc" in tags
     assert (penalty.w < 1).all()
     assert penalty.views == [7, None, 7, None]  # every forward inside the task's context, restored after
+    agent.start_task(task)
+    agent.learner.predict_episode(agent, episode(None, 3, 1, 1))
+    assert penalty.views[-2:] == [7, None]  # episodes are answered with the modules set to the task trained last
 
 
 def test_sequence_learner_ends_a_pass_every_epoch_steps():
