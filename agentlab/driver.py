@@ -18,9 +18,12 @@ sequences):
         agent.after_epoch(epoch)                 (SET rewires after the next step)
         schedule.after_epoch(epoch, mean total loss of the pass)    True = the task's training stops here
 
-`run(passes, compute, epochs=..., max_steps=...)` is the loop of steps and passes: `passes(epoch)` yields the items
-of one pass (batches, episodes; a generator that returns early ends the pass, which is how time budgets stop),
-`compute(item)` turns one into a `StepOutput`. A learner with its own loop calls `step` and `end_epoch` itself.
+`run(passes, compute, epochs=..., max_steps=..., until=...)` is the loop of steps and passes: `passes(epoch)`
+yields the items of one pass, `compute(item)` turns one into a `StepOutput`, `until()` (a time budget) is checked
+before each item is drawn. What a pass is belongs to the learner: an epoch over a data set (finetune, replay, joint,
+imp, token_replay, personalize's population task), `epoch_steps` freshly sampled batches (sequence), the whole
+run of episodes (protonet, memtrans) or of a person's steps (personalize). A learner with a loop of its own calls
+`step` and `end_epoch` itself.
 
 The driver is built per task (its step and pass counters are the task's); the optimizer and schedule are the
 learner's (`agentlab.optim.make_optimizer`, `KeptOptimizer`, `make_schedule`). `update` is the gradient step,
