@@ -147,6 +147,9 @@ class AttachedMemory(MemoryModule):
     """whether `observe` stores what training shows it (the agent then hands it features after each step)"""
     infers_task = False
     """whether `infer_task` may answer (the agent asks such memories before its plasticity modules)"""
+    per_example = False
+    """whether the memory sees each example as one vector (B, F), whatever the features' shape at its point
+    (an episodic memory keys whole examples; a recurrent one reads steps)"""
 
     def __init__(self, attach: AttachConfig, *, heads: int = 1) -> None:
         super().__init__()

@@ -4,6 +4,7 @@
 backbone with forward hooks, so the backbone's own `forward` needs no change:
 
     "input"          a pre-hook on the backbone (images are handed over flattened, (B, C*H*W))
+    (a memory that keys whole examples, `per_example`, gets every example as one vector at any point)
     "head"           a pre-hook on the last layer (`backbone.head_name` if the backbone names it,
                      else the last Linear / Conv2d in module order)
     "<layer name>"   a hook on that layer's output
@@ -41,15 +42,18 @@ def head_name(backbone: nn.Module) -> str:
         return str(named)
     from agentlab.wrapping import WrappedLayer  # the read-out may be wrapped already
 
-    last = ""
+    outside, inside = "", ""
     for n, m in backbone.named_modules():
         if not n or ".base_layer" in n or ".transforms." in n or n.endswith(".base_layer"):
             continue
-        if isinstance(m, (nn.Linear, nn.Conv2d, WrappedLayer)) and not _inside_memory(backbone, n):
-            last = n
-    if not last:
-        raise AttachmentError("the backbone has no Linear / Conv2d layer to call its head; attach the memory at a named layer")
-    return last
+        if isinstance(m, (nn.Linear, nn.Conv2d, WrappedLayer)):
+            if _inside_memory(backbone, n):
+                inside = n  # a backbone that is a memory (the `dnc` sequence model) reads out through it
+            else:
+                outside = n
+    if not (outside or inside):
+        raise AttachmentError("the backbone has no Linear / Conv2d layer to call its head; attach at a named layer")
+    return outside or inside
 
 
 def _inside_memory(backbone: nn.Module, name: str) -> bool:
@@ -92,23 +96,30 @@ class MemoryPorts:
         if m.at == "input":
             if not self.input_shape:
                 raise AttachmentError(f"memory {m.name!r} at 'input' needs the input shape: Agent(..., input_shape=...)")
-            width = self.input_shape[-1] if len(self.input_shape) == 2 else math.prod(self.input_shape)
-            m.bind(width)
+            stepwise = len(self.input_shape) == 2 and not m.per_example
+            m.bind(self.input_shape[-1] if stepwise else math.prod(self.input_shape))
             return ""
-        name = head_name(backbone) if m.at == "head" else m.at
+        try:
+            name = head_name(backbone) if m.at == "head" else m.at
+        except AttachmentError as e:
+            raise AttachmentError(f"memory {m.name!r} at 'head': {e}") from None
         try:
             layer = backbone.get_submodule(name)
         except AttributeError:
             layers = [n for n, _ in backbone.named_modules() if n]
             raise AttachmentError(f"memory {m.name!r}: at={m.at!r} is not a layer of the backbone; its layers: "
                                   f"{', '.join(layers[:40])}{' ...' if len(layers) > 40 else ''}") from None
+        shape = self._probe(backbone, name, before=m.at == "head", who=m.name) if self.input_shape else None
         base = getattr(layer, "base_layer", layer)
-        if m.at == "head":
+        if shape is not None:
+            width = math.prod(shape) if m.per_example else (shape[0] if len(shape) == 3 else shape[-1])
+        elif m.at == "head":
             width = base.in_features if isinstance(base, nn.Linear) else getattr(base, "in_channels", None)
         else:
             width = getattr(base, "out_features", None) or getattr(base, "out_channels", None)
-        if width is None:
-            width = self._probe(backbone, name, before=m.at == "head")
+        if width is None or (m.per_example and shape is None):
+            raise AttachmentError(f"memory {m.name!r}: the width of the features at {name!r} is not known from the "
+                                  "layer; give the agent the input shape: Agent(..., input_shape=...)")
         out = m.bind(int(width))
         if out != width:
             if not isinstance(layer, nn.Linear):
@@ -117,19 +128,19 @@ class MemoryPorts:
             replace_layer(backbone, name, _widened(layer, out))
         return name
 
-    def _probe(self, backbone: nn.Module, name: str, *, before: bool) -> int:
-        """The feature width at a layer, from a forward pass of a zero batch of the input shape."""
-        if not self.input_shape:
-            raise AttachmentError(f"the width of the features at {name!r} is not known from the layer; "
-                                  "give the agent the input shape: Agent(..., input_shape=...)")
-        seen: dict[str, int] = {}
+    def _probe(self, backbone: nn.Module, name: str, *, before: bool, who: str) -> tuple[int, ...]:
+        """The shape of one example's features at a layer (without the batch axis), from a forward pass of a zero
+        batch of the input shape; refuses a point the backbone's forward never reaches."""
+        assert self.input_shape is not None
+        seen: dict[str, tuple[int, ...]] = {}
         layer = backbone.get_submodule(name)
 
         def pre(mod: nn.Module, args: tuple) -> None:
-            seen["w"] = int(args[0].shape[1] if args[0].dim() == 4 else args[0].shape[-1])
+            seen.setdefault("shape", tuple(args[0].shape[1:]))
 
         def post(mod: nn.Module, args: tuple, out: Tensor) -> None:
-            seen["w"] = int(out.shape[1] if out.dim() == 4 else out.shape[-1])
+            if isinstance(out, Tensor):
+                seen.setdefault("shape", tuple(out.shape[1:]))
 
         h = layer.register_forward_pre_hook(pre) if before else layer.register_forward_hook(post)
         was = backbone.training
@@ -140,7 +151,10 @@ class MemoryPorts:
         finally:
             h.remove()
             backbone.train(was)
-        return seen["w"]
+        if "shape" not in seen:
+            raise AttachmentError(f"memory {who!r}: layer {name!r} is not on the backbone's forward path "
+                                  "(its forward never calls it); attach the memory at a layer it runs")
+        return seen["shape"]
 
     def hook(self, backbone: nn.Module) -> None:
         """Put the reading hooks on the (possibly wrapped) modules at every point."""
@@ -176,6 +190,8 @@ class MemoryPorts:
 
     def _read(self, i: int, h: Tensor) -> Tensor:
         m = self.memories[i]
+        if m.per_example and h.dim() > 2:
+            return self._read(i, h.reshape(h.shape[0], -1)).reshape(h.shape)
         state = self.states[i]
         if state is None or m.reset_on in PER_CALL or _batch(state) not in (None, h.shape[0]):
             state = m.initial_state(h.shape[0], h.device)
@@ -212,13 +228,15 @@ class MemoryPorts:
             return
         feats = self.features(backbone, x, writers)
         for i in writers:
-            self.memories[i].observe(feats[self.points[i]], labels, task_ids)
+            if self.points[i] in feats:  # a point this forward reached
+                self.memories[i].observe(feats[self.points[i]], labels, task_ids)
 
     def infer_task(self, backbone: nn.Module, x: Tensor) -> Tensor | None:
         """The first task-inferring memory's answer (in list order), or None."""
         for i, m in enumerate(self.memories):
             if m.infers_task:
-                guess = m.infer_task(self.features(backbone, x, [i])[self.points[i]])
+                feats = self.features(backbone, x, [i])
+                guess = m.infer_task(feats[self.points[i]]) if self.points[i] in feats else None
                 if guess is not None:
                     return guess
         return None

@@ -22,7 +22,8 @@ Hook order, fixed by `agentlab.agent.Agent` (documented there too):
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Iterable, NamedTuple, Protocol, runtime_checkable
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, NamedTuple, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor, nn
@@ -125,6 +126,23 @@ class PlasticityModule(nn.Module):
     def accounted_tensors(self) -> list[Tensor]:
         """Backbone tensors this module wraps without registering them, already counted in its own bytes."""
         return []
+
+    def layer_transforms(self) -> list[nn.Module]:
+        """What this module put into the backbone (its `LayerTransform`s, per-task norms): `disabled()` turns them off."""
+        return []
+
+    @contextmanager
+    def disabled(self) -> Iterator[None]:
+        """Inside, every layer this module changes computes as if the module were not there."""
+        parts = self.layer_transforms()
+        before = [getattr(p, "enabled", True) for p in parts]
+        for p in parts:
+            p.enabled = False
+        try:
+            yield
+        finally:
+            for p, b in zip(parts, before):
+                p.enabled = b
 
 
 # ---------------------------------------------------------------------------- memory

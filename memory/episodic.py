@@ -65,6 +65,7 @@ class EpisodicMemory(AttachedMemory):
 
     name = "episodic"
     writes = True
+    per_example = True
 
     def __init__(self, cfg: EpisodicConfig) -> None:
         super().__init__(cfg)
@@ -190,7 +191,8 @@ class EpisodicMemory(AttachedMemory):
     def state_bytes(self) -> int:
         n = self.size
         entries = n * (self.keys.shape[1] * self.keys.element_size() + 2 + 2)  # key, label, task
-        return entries + (self.projection.numel() * 4 if self.bound and self.cfg.key_dim else 0)
+        # the projection is held in memory to read the entries (it is rebuilt from the seed, never saved)
+        return entries + (self.projection.numel() * 4 if n and self.bound and self.cfg.key_dim else 0)
 
     def scalars(self) -> dict[str, float]:
         out = {"entries": float(self.size), "capacity": float(self.cfg.capacity), "tasks": float(len(self.seen)),
