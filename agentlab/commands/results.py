@@ -193,7 +193,7 @@ def render_page(results: list[Result], sources: Iterable[str | Path]) -> str:
         out += ["", f"## {bench}"]
         for r in (x for x in results if x.bench == bench):
             out += ["", f"**{r.mode}**{' (*transcribed*)' if r.transcribed else ''}: `{_cell(r.command)}`; "
-                        f"{r.machine}; {r.date}; `{r.path.as_posix()}`", ""]
+                        f"{r.machine}; {r.date}; file `{r.path.name}`", ""]
             if r.data.get("source"):
                 out += [f"Source: {r.data['source']}", ""]
             if r.goals:
