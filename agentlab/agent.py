@@ -22,6 +22,7 @@ in it automatically; memories passed in `memory=[...]` are added beside them.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from typing import Any, Iterator, Sequence
 
 import torch
@@ -70,6 +71,7 @@ class Agent(nn.Module):
         # Found once: memories() is called on every training step (after_step, loss_terms).
         self._memories = [m for m in self.backbone.modules() if isinstance(m, MemoryModule)] + list(self.extra_memory)
         self.current_task: int | None = None
+        self.current_task_view: int | None = None  # the task every module is set to now
 
     # ------------------------------------------------------------------ structure
     def memories(self) -> list[MemoryModule]:
@@ -94,7 +96,9 @@ class Agent(nn.Module):
         for m in self.memories():
             m.on_task_end(task)
 
-    def after_step(self, step: int) -> None:
+    def after_step(self, step: int, observed: Any = None) -> None:
+        """After every optimiser step: plasticity then memory modules. `observed` is the batch this step newly
+        saw (the current task's examples, without replayed ones); memories with a store are written with it."""
         for p in self.plasticity:
             p.after_step(step)
         for m in self.memories():
@@ -106,8 +110,20 @@ class Agent(nn.Module):
 
     # ------------------------------------------------------------------ computing
     def set_task(self, task_id: int | None) -> None:
+        self.current_task_view = task_id
         for p in self.plasticity:
             p.set_task(task_id)
+
+    @contextmanager
+    def task_context(self, task_id: int | None) -> Iterator[None]:
+        """Every module set to `task_id` for code that calls the backbone's own methods (episode learners call
+        `agent.backbone.run(...)`); the previous task is restored after."""
+        before = self.current_task_view
+        self.set_task(task_id)
+        try:
+            yield
+        finally:
+            self.set_task(before)
 
     def forward(self, x: Tensor, task_id: int | None = None) -> Tensor:
         """Backbone output with every plasticity module set to `task_id` (None: no task state)."""
