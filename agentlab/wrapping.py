@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import fnmatch
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, Literal
+from typing import Callable, Iterable, Iterator, Literal
 
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -88,6 +88,7 @@ class LayerTransform(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.owner_name = ""
+        self.enabled = True  # a disabled transform is skipped: its module's `disabled()` context
         object.__setattr__(self, "layer", None)
 
     @property
@@ -168,18 +169,22 @@ class WrappedLayer(nn.Module):
         return self.transforms[owner] if owner in self.transforms else None
 
     # ---------------------------------------------------------------- effective tensors
+    def active(self) -> list[LayerTransform]:
+        """The transforms in force, in order (a module's `disabled()` context takes its own out)."""
+        return [t for t in self.transforms.values() if t.enabled]
+
     @property
     def weight(self) -> Tensor:
         """The effective weight: the base weight through every transform, in order."""
         w = self.base_layer.weight
-        for t in self.transforms.values():
+        for t in self.active():
             w = t.transform_weight(w)
         return w
 
     @property
     def bias(self) -> Tensor | None:
         b = self.base_layer.bias
-        for t in self.transforms.values():
+        for t in self.active():
             b = t.transform_bias(b)
         return b
 
@@ -198,7 +203,7 @@ class WrappedLayer(nn.Module):
         return F.linear(x, w, b)
 
     def forward(self, x: Tensor) -> Tensor:
-        ts = list(self.transforms.values())
+        ts = self.active()
         # trailing deltas add their output (cheaper than forming W + dW, and what PEFT computes)
         k = len(ts)
         while k > 0 and ts[k - 1].has_residual:
@@ -320,3 +325,16 @@ def named_base_parameters(backbone: nn.Module) -> Iterator[tuple[str, nn.Paramet
 
 def base_parameters(backbone: nn.Module) -> Iterator[nn.Parameter]:
     return (p for _, p in named_base_parameters(backbone))
+
+
+def freeze_base(backbone: nn.Module, keep: Iterable[Tensor] = ()) -> None:
+    """Fix the shared model, as an isolating module needs it once old tasks depend on it: no gradient to any base
+    parameter (but those in `keep`), and the running statistics of its BatchNorm layers no longer move (momentum 0;
+    a batch is still normalised by its own statistics in training). Per-task norms a module keeps are left alone."""
+    kept = {id(t) for t in keep}
+    for p in base_parameters(backbone):
+        if id(p) not in kept:
+            p.requires_grad_(False)
+    for n, m in backbone.named_modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and ".per_task." not in f".{n}." and ".transforms." not in f".{n}.":
+            m.momentum = 0.0

@@ -36,7 +36,7 @@ from torch import Tensor, nn
 
 from agentlab.config import check
 from agentlab.protocols import PlasticityModule, tensor_bytes
-from agentlab.wrapping import LayerTargets, LayerTransform, base_parameters, select_layers, transforms_of, wrap
+from agentlab.wrapping import LayerTargets, LayerTransform, freeze_base, select_layers, transforms_of, wrap
 
 
 @dataclass(frozen=True)
@@ -149,6 +149,9 @@ class AdapterModule(PlasticityModule):
         assert self._backbone is not None, "attach() first"
         return [t for _, t in transforms_of(self._backbone, self.name)]  # type: ignore[misc]
 
+    def layer_transforms(self) -> list[nn.Module]:
+        return list(self.wrapped()) if self._backbone is not None else []
+
     def people(self) -> list[int]:
         """Task ids that have an adapter."""
         return [int(k) for k in self.tasks]
@@ -170,8 +173,7 @@ class AdapterModule(PlasticityModule):
         key = str(task.id)
         if key not in self.tasks:
             self.tasks[key] = self.new_task_state(task.id)
-        for p in base_parameters(backbone):
-            p.requires_grad_(False)
+        freeze_base(backbone)  # the shared model's phase is over
         for k, state in self.tasks.items():
             for p in state.values():
                 p.requires_grad_(k == key)
@@ -182,6 +184,8 @@ class AdapterModule(PlasticityModule):
         if key in self.tasks:
             for p in self.tasks[key].values():
                 p.requires_grad_(False)
+        elif self._backbone is not None and (is_population_task(task) or task.id in self.base_tasks):
+            freeze_base(self._backbone)  # the backbone's phase ends with this task
 
     def set_task(self, task_id: int | None) -> None:
         key = None if task_id is None else str(int(task_id))

@@ -38,7 +38,7 @@ from torch import Tensor, nn
 from agentlab.config import check
 from agentlab.protocols import PlasticityModule
 from agentlab.registry import BuildEnv, register
-from agentlab.wrapping import CompositionError, LayerTargets, LayerTransform, select_layers, wrap
+from agentlab.wrapping import CompositionError, LayerTargets, LayerTransform, freeze_base, select_layers, wrap
 
 FREE, DORMANT = -1, -2
 
@@ -142,7 +142,7 @@ class ModularLinear(LayerTransform):
 
     def observe(self, x: Tensor, y: Tensor) -> None:
         if self.n_modules:
-            self.last_act = rearrange(y.detach().abs(), "b (m u) -> b m u", m=self.n_modules).mean(-1)
+            self.last_act = rearrange(y.detach().abs(), "... (m u) -> (...) m u", m=self.n_modules).mean(-1)
 
     def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: Any) -> None:
         for key, value in state_dict.items():
@@ -172,10 +172,17 @@ class FNNSP(PlasticityModule):
 
     # ------------------------------------------------------------------ structure
     def attach(self, backbone: nn.Module) -> None:
+        object.__setattr__(self, "_backbone", backbone)  # a reference: the agent owns the backbone
         names = select_layers(backbone, self.cfg, owner=self.name, kinds=(nn.Linear,))
         if len(names) < 2:
             raise CompositionError(f"{self.name} needs >= 2 Linear layers (hidden ones and a read-out); "
                                    f"{self.name}.layers={self.cfg.layers} chooses {names}")
+        widths = [(backbone.get_submodule(n).in_features, backbone.get_submodule(n).out_features) for n in names]
+        for (a, (_, out)), (b, (inp, _)) in zip(zip(names, widths), zip(names[1:], widths[1:])):
+            if out != inp:  # the protection of weights entry by entry follows units from one layer into the next
+                raise CompositionError(f"{self.name} manages a chain of Linear layers, each reading the previous one's "
+                                       f"units; {a!r} ({out} outputs) does not feed {b!r} ({inp} inputs): choose chained "
+                                       f"layers with {self.name}.layers (an MLP's)")
         for i, n in enumerate(names):
             base = wrap(backbone, n).base_layer
             layer = ModularLinear(base, None if i == len(names) - 1 else self.cfg.modules)
@@ -183,6 +190,9 @@ class FNNSP(PlasticityModule):
             if layer.n_modules:
                 layer.owner[self.cfg.initial_active:] = DORMANT
             self._layers.append(wrap(backbone, n).add(self.name, layer))  # type: ignore[arg-type]
+
+    def layer_transforms(self) -> list[nn.Module]:
+        return list(self._layers)
 
     @property
     def hidden(self) -> list[ModularLinear]:
@@ -266,6 +276,10 @@ class FNNSP(PlasticityModule):
                 self._corr = np.nan_to_num(np.corrcoef(a.T.cpu().numpy()))
         for layer in self._layers:
             layer.trainable.fill_(False)
+        # Layers FNNSP does not manage (embeddings, norms) would move under later tasks: fixed once a task depends
+        # on them; its own layers' weights stay trainable entry by entry (hybrid fine-tuning, above).
+        own = [t for layer in self._layers for t in (layer.base_layer.weight, layer.base_layer.bias) if t is not None]
+        freeze_base(self._backbone, keep=own)
 
     def set_task(self, task_id: int | None) -> None:
         for i, layer in enumerate(self.hidden):

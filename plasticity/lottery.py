@@ -85,6 +85,9 @@ class Lottery(PlasticityModule):
         if self.cfg.ticket:
             load_ticket(self, self.cfg.ticket)
 
+    def layer_transforms(self) -> list[nn.Module]:
+        return list(self.layers.values())
+
     def accounted_tensors(self) -> list[Tensor]:
         return [t for l in self.layers.values() for t in (l.weight, l.owner)]
 

@@ -30,7 +30,7 @@ from agentlab.protocols import PlasticityModule
 from agentlab.registry import BuildEnv, register
 from agentlab.plasticity.rewire import cosine_zeta, prune_nearest_zero, regrow_gradient, regrow_random
 from agentlab.plasticity.sparse_figures import density_scalars, magnitude_histograms, magnitude_images, magnitude_scalars
-from agentlab.plasticity.sparse_layer import FREE, SparseLayer, erdos_renyi_density, random_positions, sparse_bytes
+from agentlab.plasticity.sparse_layer import FREE, SparseLayer, erdos_renyi_density, put_flat_, random_positions, sparse_bytes
 from agentlab.wrapping import LayerTargets, attach_transforms
 
 
@@ -81,7 +81,7 @@ def sparse_init_(weight: Tensor, positions: Tensor, density: float, generator: t
     bound = 1.0 / math.sqrt(max(density * fan_in, 1.0))
     vals = (torch.rand(positions.numel(), generator=generator) * 2 - 1) * bound
     with torch.no_grad():
-        weight.view(-1)[positions] = vals.to(weight.device, weight.dtype)
+        put_flat_(weight, positions, vals.to(weight.device, weight.dtype))
 
 
 class SET(PlasticityModule):
@@ -112,6 +112,9 @@ class SET(PlasticityModule):
         if not self.cfg.freeze_per_task:
             for name in self.layers:
                 self._allocate(name, 0, None)
+
+    def layer_transforms(self) -> list[nn.Module]:
+        return list(self.layers.values())
 
     def accounted_tensors(self) -> list[Tensor]:
         """Tensors the ledger should count as this module's (their sparse form is in `state_bytes`)."""
@@ -218,7 +221,7 @@ class SET(PlasticityModule):
             if self.cfg.regrow_init == "random":
                 sparse_init_(w, grown, max(layer.density(), 1e-6), self.generator)
             else:
-                w.view(-1)[grown] = 0.0
+                put_flat_(w, grown, 0.0)
             layer.changed()
             counts[name] = (n, int(grown.numel()))
         self.rewirings += 1

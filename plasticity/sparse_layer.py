@@ -41,6 +41,12 @@ def erdos_renyi_density(shape: torch.Size | tuple[int, ...], epsilon: float) -> 
     return min(1.0, epsilon * sum(shape) / math.prod(shape))
 
 
+def put_flat_(t: Tensor, positions: Tensor, values: Tensor | float) -> None:
+    """t[positions] = values for flat positions in row-major order, whatever t's memory layout (a channels-last
+    convolution kernel has no flat view)."""
+    t[torch.unravel_index(positions.to(t.device), t.shape)] = values
+
+
 def random_positions(candidates: Tensor, n: int, generator: torch.Generator | None) -> Tensor:
     """Flat indices of `n` positions drawn uniformly without replacement where `candidates` (bool) is True."""
     idx = candidates.flatten().nonzero().squeeze(1)

@@ -263,6 +263,7 @@ class TaskBatchNorm(nn.Module):
         self.base_layer = base_layer
         self.ctx = ctx
         self.per_task = nn.ModuleDict()
+        self.enabled = True
         for p in base_layer.parameters():
             p.requires_grad_(False)
 
@@ -295,6 +296,8 @@ class TaskBatchNorm(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         c = self.ctx
+        if not self.enabled:
+            return self.base_layer(x)
         if c.mode == "superpose":
             # Σ_i α_{b,i} BN_i(x_b) with each task's running statistics (eval-mode normalisation).
             alpha = c.alpha  # (B, k)

@@ -28,7 +28,7 @@ from agentlab.plasticity.supermask_layers import MaskContext, SupermaskLayer, Ta
 from agentlab.plasticity.task_inference import g_objective, infer_tasks, output_entropy
 from agentlab.protocols import PlasticityModule
 from agentlab.registry import BuildEnv, register
-from agentlab.wrapping import LayerTargets, select_layers, wrap
+from agentlab.wrapping import LayerTargets, freeze_base, select_layers, wrap
 
 
 @dataclass(frozen=True)
@@ -136,9 +136,15 @@ class SupSup(PlasticityModule):
                 )
             self._hop_name = name
             self.store = HopfieldMaskStore(d)
+        # Supermasks select from a fixed random network: nothing else of the backbone may learn either, or old
+        # tasks' outputs would move (layers SupSup cannot mask, an LSTM's or an embedding's, stay as initialised).
+        freeze_base(backbone)
 
     def _wrappers(self) -> list[SupermaskLayer | TaskBatchNorm]:
         return [*self._layers.values(), *self._norms.values()]
+
+    def layer_transforms(self) -> list[nn.Module]:
+        return self._wrappers()
 
     @property
     def tasks(self) -> list[int]:

@@ -136,19 +136,13 @@ class MemTransLearner:
         self.train_s = 0.0
 
     @staticmethod
-    def rows_and_logits(net: MemTransNet, eps: list[Any], device: str) -> tuple[Tensor, Tensor]:
-        """The input rows (B, T, F) of B episodes of one kind and size and their logits: (B, T, N) per step
-        (sequential) or (B, Q, N) per query."""
+    def logits(net: MemTransNet, eps: list[Any], device: str) -> Tensor:
+        """Logits of B episodes of one kind and size: (B, T, N) per step (sequential) or (B, Q, N) per query."""
         if is_sequential(eps):
             rows, write = sequential_rows(net, eps, device)
-            return rows, net.run(rows, write)
+            return net.run(rows, write)
         rows, write, blocked, s = standard_rows(net, eps, device)
-        return rows, net.run(rows, write, blocked)[:, s:]
-
-    @classmethod
-    def logits(cls, net: MemTransNet, eps: list[Any], device: str) -> Tensor:
-        """Logits of B episodes of one kind and size: (B, T, N) per step (sequential) or (B, Q, N) per query."""
-        return cls.rows_and_logits(net, eps, device)[1]
+        return net.run(rows, write, blocked)[:, s:]
 
     @staticmethod
     def _loss(logits: Tensor, y: Tensor) -> tuple[Tensor, float]:
@@ -160,13 +154,19 @@ class MemTransLearner:
         return self._loss(self.logits(net, eps, device), targets(eps).to(device))
 
     def episode_step(self, agent: Any, eps: list[Any], task_id: int, device: str) -> StepOutput:
-        """One training step's loss for the step driver, the backbone run with every module set to `task_id`; the
-        modules' loss terms see the batch of input rows (B, T, F) with the targets and the logits."""
+        """One training step's loss for the step driver, the backbone run with every module set to `task_id`. The
+        modules' loss terms see the logits of the scored steps and, as the batch (also what the memories are
+        written with), the episodes' images with their episode labels (0..N-1)."""
         with agent.task_context(task_id):
-            rows, logits = self.rows_and_logits(agent.backbone, eps, device)
-        y = targets(eps).to(device)
-        loss, acc = self._loss(logits, y)
-        return StepOutput({"episode_ce": loss}, logits, Batch(rows, y, task_id), logs={"episode_acc": acc}, examples=len(eps))
+            logits = self.logits(agent.backbone, eps, device)
+        loss, acc = self._loss(logits, targets(eps).to(device))
+        if is_sequential(eps):
+            x, y = torch.cat([ep.x for ep in eps]), torch.cat([ep.y for ep in eps])
+        else:
+            x = torch.cat([t for ep in eps for t in (ep.support_x, ep.query_x)])
+            y = torch.cat([t for ep in eps for t in (ep.support_y, ep.query_y)])
+        seen = Batch(_img(x, device), y.to(device), task_id)
+        return StepOutput({"episode_ce": loss}, logits, seen, logs={"episode_acc": acc}, examples=len(eps))
 
     def fit(self, agent: Any, task: Any, ctx: Any) -> None:
         if task.kind != "episode":

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Iterator, Literal
 
 from agentlab.config import check
+from agentlab.data import Batch
 from agentlab.driver import StepDriver, StepOutput
 from agentlab.learners.base import BudgetCosine, StatelessLearner
 from agentlab.optim import OptimizerConfig, backward_step, make_optimizer
@@ -111,7 +112,8 @@ class SequenceLearner(StatelessLearner):
 
         def compute(b: Any) -> StepOutput:
             logits = agent(b.x, task.id)
-            return StepOutput({"bits_per_seq": bits_per_sequence(logits, b.y, b.mask)}, logits, b,
+            seen = Batch(b.x, b.y, task.id, {"mask": b.mask})  # what the modules' terms and the memories' writes see
+            return StepOutput({"bits_per_seq": bits_per_sequence(logits, b.y, b.mask)}, logits, seen,
                               logs={"max_len": float(curriculum.current)})
 
         out_of_time = (lambda: time.perf_counter() - t0 > cfg.time_budget_s) if cfg.time_budget_s else None

@@ -120,6 +120,7 @@ class TokenReplay:
         n_replay = self.cfg.replay_batch_size or self.cfg.batch_size
 
         def step(batch: Batch) -> StepOutput:
+            observed = batch  # the examples as they arrived, before the codec's round trip
             memory = buffer.sample(n_replay, ctx.generator)
             packed = self.codec.encode(batch.x.cpu())
             if self.cfg.roundtrip_current and self.cfg.codec == "vq":
@@ -130,7 +131,7 @@ class TokenReplay:
                 with torch.no_grad():
                     replay_x = self.codec.decode(memory.x).to(batch.x.device)
                 mixed = Batch(torch.cat([batch.x, replay_x]), torch.cat([batch.y, memory.y.to(batch.y.device)]), task.id)
-            out = supervised_loss(agent, mixed, task, observed=batch)
+            out = supervised_loss(agent, mixed, task, observed=observed)
             buffer.add(packed, batch.y, task.id, ctx.generator)  # after the replayed sample is drawn, as in replay
             return out
 

@@ -38,10 +38,6 @@ class Penalty(PlasticityModule):
         super().__init__()
         self.log = log if log is not None else []
         self.w = nn.Parameter(torch.ones(size))
-        self.views: list = []
-
-    def set_task(self, task_id):
-        self.views.append(task_id)
 
     def extra_loss(self, batch, output):
         self.log.append("extra_loss")
@@ -70,6 +66,18 @@ class Recording(Schedule):
 def _ctx(log: list | None = None) -> FitContext:
     logged = (lambda tag, v, s: log.append("log") if tag == "losses/total" else None) if log is not None else (lambda *a: None)
     return FitContext(generator=torch.Generator().manual_seed(0), task_index=0, n_tasks=1, log_every=1, log_scalar=logged)
+
+
+def _record_views(agent, module, method):
+    """The task every module is set to (`agent.current_task_view`) whenever `module.<method>` runs."""
+    views, original = [], getattr(module, method)
+
+    def recorded(*a, **k):
+        views.append(agent.current_task_view)
+        return original(*a, **k)
+
+    setattr(module, method, recorded)
+    return views
 
 
 def _ce(agent, batch, task_id=0):
@@ -166,13 +174,14 @@ def test_protonet_minimises_the_modules_loss_terms():
     tags = []
     ctx = _ctx()
     ctx.log_scalar = lambda tag, v, s: tags.append(tag)
+    views = _record_views(agent, agent.backbone, "forward")
     agent.start_task(task)
     agent.learner.fit(agent, task, ctx)
     assert "losses/penalty/l2" in tags and "losses/train_episode_acc" in tags
     assert (penalty.w < 1).all()  # only the term's gradient moves w
-    assert penalty.views == [3] * 5  # every episode embedded with the modules set to the task
+    assert views == [3] * 5  # every episode embedded with the modules set to the task
     agent.learner.predict_episode(agent, task.train.sample(torch.Generator().manual_seed(0)))
-    assert penalty.views[-1] == 3  # and so are the episodes it answers
+    assert views[-1] == 3  # and so are the episodes it answers
 
 
 def test_memtrans_minimises_the_modules_loss_terms_and_runs_the_backbone_set_to_the_task():
@@ -194,13 +203,14 @@ def test_memtrans_minimises_the_modules_loss_terms_and_runs_the_backbone_set_to_
     ctx = _ctx()
     ctx.log_scalar = lambda tag, v, s: tags.append(tag)
     task = Task(id=7, name="toy", kind="episode", train=SimpleNamespace(sample=episode), eval=None)
+    views = _record_views(agent, net, "run")
     agent.learner.fit(agent, task, ctx)
     assert ctx.global_step == 2 and "losses/penalty/l2" in tags and "losses/episode_acc" in tags
     assert (penalty.w < 1).all()
-    assert penalty.views == [7, None, 7, None]  # every forward inside the task's context, restored after
+    assert views == [7, 7] and agent.current_task_view is None  # the backbone run inside the task's context, restored
     agent.start_task(task)
     agent.learner.predict_episode(agent, episode(None, 3, 1, 1))
-    assert penalty.views[-2:] == [7, None]  # episodes are answered with the modules set to the task trained last
+    assert views[-1] == 7  # episodes are answered with the modules set to the task trained last
 
 
 def test_sequence_learner_ends_a_pass_every_epoch_steps():
