@@ -233,7 +233,10 @@ class LocalExecutor:
 
     def run(self, jobs: Sequence[PointJob], on_done: OnDone, fn: RunFn = run_point) -> None:
         for job in jobs:
-            out = fn(job)
+            try:
+                out = fn(job)
+            except Exception as e:  # run_point catches its own; another fn's exception is still that point's failure
+                out = {"status": "failed", "message": f"{type(e).__name__}: {e}", "agents": {}, "seconds": None}
             on_done(job, out)
             if out["status"] == "interrupted":
                 break
@@ -443,8 +446,9 @@ def failed_points(entries: dict[str, dict[str, Any]]) -> Iterator[dict[str, Any]
     return (e for e in entries.values() if e["status"] != "completed")
 
 
-def print_failures(entries: dict[str, dict[str, Any]], file: Any = sys.stderr) -> int:
-    """List the points that did not complete; returns how many."""
+def print_failures(entries: dict[str, dict[str, Any]], file: Any = None) -> int:
+    """List the points that did not complete (on stderr); returns how many."""
+    file = file or sys.stderr
     bad = list(failed_points(entries))
     if bad:
         print(f"{len(bad)} point(s) did not complete:", file=file)

@@ -59,7 +59,7 @@ def _executor(args: argparse.Namespace, device: str):
 def main(args: argparse.Namespace) -> int:
     from agentlab import recipe as recipes
     from agentlab.datasets import data_root
-    from agentlab.sweep import default_out, expand, is_sweep, open_sweep, parse_grid, parse_seeds, print_failures, read_manifest, run_sweep
+    from agentlab.sweep import check_points, default_out, expand, is_sweep, open_sweep, parse_grid, parse_seeds, print_failures, read_manifest, run_sweep
     from agentlab.sweep_report import aggregate, sweep_report, write_report
 
     out = Path(args.out) if args.out else None
@@ -87,6 +87,7 @@ def main(args: argparse.Namespace) -> int:
         grid = parse_grid(args.grid)
         seeds = parse_seeds(args.seeds) if args.seeds else [recipes.resolve(name, table).seed]
     points = expand(name, table, grid, seeds)
+    check_points(points)  # bad input stops here, before a sweep directory is made
     device = recipes.resolve(name, points[0].table).loop.device
     executor = _executor(args, device)
     out = out or default_out(name)
