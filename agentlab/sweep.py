@@ -18,6 +18,7 @@ that died) is recorded with its message and the others go on.
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import itertools
 import json
 import os
@@ -80,7 +81,7 @@ def parse_grid(items: Sequence[str]) -> dict[str, list[str]]:
         values = _split_top_level(text)
         if not text or any(v == "" for v in values):
             raise ConfigError(f"--grid {item!r}: every value must be non-empty (KEY=V1,V2,... with TOML values as in --set)")
-        texts = [json.dumps(parse_value(v), sort_keys=True) for v in values]
+        texts = [repr(parse_value(v)) for v in values]
         if len(set(texts)) != len(texts):
             raise ConfigError(f"--grid {key}: values {values} repeat one; each grid value once")
         grid[key] = values
@@ -125,7 +126,11 @@ def point_name(values: dict[str, str], seed: int) -> str:
     """`lr=0.01__hidden=64-64__seed3`: the last part of each key (the whole key where two share it), the value."""
     lasts = [k.rsplit(".", 1)[-1] for k in values]
     parts = [f"{_slug(last if lasts.count(last) == 1 else k)}={_slug(v)}" for k, last, v in zip(values, lasts, values.values())]
-    return "__".join([*parts, f"seed{seed}"])
+    name = "__".join([*parts, f"seed{seed}"])
+    if len(name) > 150:  # folder names must stay well under the file systems' 255 bytes
+        digest = hashlib.sha1(json.dumps(values, sort_keys=True).encode()).hexdigest()[:12]
+        name = f"{'__'.join(parts)[:100]}__{digest}__seed{seed}"
+    return name
 
 
 def expand(name: str, table: dict[str, Any], grid: dict[str, list[str]], seeds: Sequence[int]) -> list[Point]:

@@ -22,7 +22,6 @@ cluster (paths in the jobs must then be the same on every node). If Ray is alrea
 
 from __future__ import annotations
 
-import os
 import shutil
 import sys
 import tempfile
@@ -36,14 +35,6 @@ from agentlab.sweep import OnDone, PointJob, RunFn, cpu_count, run_point
 # The local instance's shared-memory object store: results are small dicts, so Ray's default (30% of RAM) is
 # far more than a sweep uses; 128 MiB keeps the footprint small on a shared machine (Ray's minimum is 75 MiB).
 LOCAL_OBJECT_STORE_BYTES = 128 * 2**20
-
-
-def _warm(seconds: float) -> int:
-    """Import what a run imports, then hold the worker a moment so that each warm-up lands on its own worker."""
-    import agentlab.runner  # noqa: F401  (torch, the loop, the registry)
-
-    time.sleep(seconds)
-    return os.getpid()
 
 
 class RayExecutor:
@@ -75,7 +66,7 @@ class RayExecutor:
             self._owned = False
         elif self.address:
             try:
-                self.ray.init(address=self.address, include_dashboard=False)
+                self.ray.init(address=self.address)  # the cluster's own settings: a joiner may not pass resources
             except (ConnectionError, RuntimeError, ValueError) as e:
                 raise UserError(f"--address {self.address!r}: cannot join a Ray cluster there ({e}); start one with "
                                 f"`ray start --head` on its head node, or leave --address out for a local instance") from None
@@ -121,13 +112,6 @@ class RayExecutor:
         if self.gpus_per_run:
             n = min(n, int(have.get("GPU", 0.0) // self.gpus_per_run))
         return max(n, 1)
-
-    def warm_up(self, seconds: float = 1.0) -> float:
-        """Start one worker per slot and import torch and the runner in it (benchmarks time runs without that)."""
-        t0 = time.perf_counter()
-        warm = self.ray.remote(num_cpus=self.cpus_per_run, num_gpus=self.gpus_per_run)(_warm)
-        self.ray.get([warm.remote(seconds) for _ in range(self.slots)])
-        return time.perf_counter() - t0
 
     def run(self, jobs: Sequence[PointJob], on_done: OnDone, fn: RunFn = run_point) -> None:
         ray = self.ray

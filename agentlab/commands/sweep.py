@@ -92,24 +92,30 @@ def main(args: argparse.Namespace) -> int:
     executor = _executor(args, device)
     out = out or default_out(name)
     root = data_root(args.data_root)
-    t0 = time.perf_counter()
-    with open_sweep(out, create=True, info={"recipe": name, "table": _json(table), "grid": grid, "seeds": seeds}) as sweep:
-        if sweep.manifest.get("recipe") != name or sweep.manifest.get("table") != _json(table):
-            raise UserError(f"{out} holds a sweep of recipe {sweep.manifest.get('recipe')!r} with other settings; "
+    if is_sweep(out):
+        saved = read_manifest(out)
+        if saved.get("recipe") != name or saved.get("table") != _json(table):
+            raise UserError(f"{out} holds a sweep of recipe {saved.get('recipe')!r} with other settings; "
                             f"resume it with the same recipe and --set, or choose another --out")
-        sweep.manifest.update(grid=_union_grid(sweep.manifest.get("grid") or {}, grid),
-                              seeds=sorted(set(sweep.manifest.get("seeds") or []) | set(seeds)))
-        print(f"sweep {sweep.root}: {len(points)} runs ({_shape(grid, seeds)}), executor {executor.name}", flush=True)
-        try:
-            with executor:
-                if executor.name == "ray":
-                    print(f"Ray ready in {executor.startup_s:.1f} s: {executor.slots} run(s) at a time", flush=True)
-                entries = run_sweep(sweep, points, executor, data_root=root)
-        except KeyboardInterrupt:
-            print(f"\ninterrupted; continue with: agentlab sweep --resume --out {sweep.root}", file=sys.stderr)
-            return 1
-        rows = aggregate(sweep.root, sweep.manifest["points"])
-        paths = write_report(sweep.root, sweep.manifest, rows)
+    t0 = time.perf_counter()
+    print(f"sweep {out}: {len(points)} run{'s' if len(points) != 1 else ''} ({_shape(grid, seeds)}), executor {executor.name}", flush=True)
+    try:
+        with executor:  # Ray first: a cluster that cannot be joined leaves no sweep directory behind
+            if executor.name == "ray":
+                print(f"Ray ready in {executor.startup_s:.1f} s: {executor.slots} run(s) at a time", flush=True)
+            with open_sweep(out, create=True, info={"recipe": name, "table": _json(table), "grid": grid, "seeds": seeds}) as sweep:
+                sweep.manifest.update(grid=_union_grid(sweep.manifest.get("grid") or {}, grid),
+                                      seeds=sorted(set(sweep.manifest.get("seeds") or []) | set(seeds)))
+                try:
+                    entries = run_sweep(sweep, points, executor, data_root=root)
+                except KeyboardInterrupt:
+                    print(f"\ninterrupted; continue with: agentlab sweep --resume --out {sweep.root}", file=sys.stderr)
+                    return 1
+                rows = aggregate(sweep.root, sweep.manifest["points"])
+                paths = write_report(sweep.root, sweep.manifest, rows)
+    except KeyboardInterrupt:  # during Ray's start-up
+        print("\ninterrupted before any run started", file=sys.stderr)
+        return 1
     print()
     print(sweep_report(sweep.root, sweep.manifest, rows))
     print(f"\nsweep directory: {sweep.root}   ({time.perf_counter() - t0:.1f} s)")
