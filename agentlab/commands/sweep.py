@@ -15,21 +15,21 @@ HELP = "run a recipe over a grid of settings and seeds (one run directory each),
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("recipe", nargs="?", default=None,
-                   help="a shipped recipe name or a .toml path (with --resume and an existing --out: optional, the saved one)")
+                   help="a shipped recipe name or a .toml path (default: digits-split; with --resume it may be left out: the saved sweep's)")
     add_overrides(p)
     p.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...",
                    help="a grid axis: the key as in --set, its values TOML separated by commas, e.g. learner.lr=0.01,0.1 or "
                         "backbone.hidden=[64],[128,128] (repeatable: the grid is the product)")
-    p.add_argument("--seeds", help="seeds of every grid point: 0-9, 0,3,5 or 0-2,7 (default: the recipe's seed)")
-    p.add_argument("--out", help="the sweep directory (default: runs/sweeps/<recipe>__<time>)")
+    p.add_argument("--seeds", metavar="LIST", help="seeds of every grid point: 0-9, 0,3,5 or 0-2,7 (default: the recipe's seed)")
+    p.add_argument("--out", metavar="DIR", help="the sweep directory (default: runs/sweeps/<recipe>__<time>)")
     p.add_argument("--resume", action="store_true",
                    help="continue the sweep in --out: finished runs are skipped, interrupted ones resume from their checkpoints")
     p.add_argument("--executor", choices=("ray", "local"), default="ray",
                    help="ray: points in parallel on Ray (the [ray] extra); local: one after another in this process (default: ray)")
-    p.add_argument("--address", help="join a running Ray cluster: auto, or ray://HOST:10001 (default: start a local instance)")
-    p.add_argument("--ray-cpus", type=int, help="CPUs of the local Ray instance (default: every core of this machine)")
-    p.add_argument("--cpus-per-run", type=float, help="CPUs Ray reserves for each run (default: 1; also its PyTorch threads)")
-    p.add_argument("--gpus-per-run", type=float, help="GPUs Ray reserves for each run, fractions allowed: 0.25 puts 4 runs "
+    p.add_argument("--address", metavar="ADDR", help="join a running Ray cluster: auto, or ray://HOST:10001 (default: start a local instance)")
+    p.add_argument("--ray-cpus", type=int, metavar="N", help="CPUs of the local Ray instance (default: every core of this machine)")
+    p.add_argument("--cpus-per-run", type=float, metavar="N", help="CPUs Ray reserves for each run (default: 1; also its PyTorch threads)")
+    p.add_argument("--gpus-per-run", type=float, metavar="F", help="GPUs Ray reserves for each run, fractions allowed: 0.25 puts 4 runs "
                                                       "on a GPU (default: 0; needs --device cuda)")
     add_data_root(p)
     add_device(p, default=None)
