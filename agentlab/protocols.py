@@ -175,6 +175,11 @@ class MemoryModule(nn.Module):
     def after_step(self, step: int) -> None:
         """Called after every optimizer step."""
 
+    def observe(self, features: Any, labels: Tensor, task_ids: Tensor) -> None:
+        """After every training step: what the step newly saw (features at the memory's point, or None for a memory
+        inside the backbone, which keeps what its owner handed it), labels (B,) and task ids (B,). Stores write here,
+        never in a loss hook."""
+
     def state_bytes(self) -> int:
         """Bytes of stored content (not parameters) this module holds now."""
         return 0

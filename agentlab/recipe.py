@@ -173,4 +173,5 @@ def build_agent(label: str, spec: dict[str, Any], env: registry.BuildEnv) -> Age
     plasticity = [registry.build("plasticity", t, env, where=f"{where}.plasticity.{i}") for i, t in enumerate(spec.get("plasticity", []))]
     memory = [registry.build("memory", t, env, where=f"{where}.memory.{i}") for i, t in enumerate(spec.get("memory", []))]
     learner = registry.build("learner", spec["learner"], env, where=f"{where}.learner")
-    return Agent(backbone, plasticity=plasticity, memory=memory, learner=learner, label=label)
+    shape = getattr(env.stream, "input_shape", None)
+    return Agent(backbone, plasticity=plasticity, memory=memory, learner=learner, label=label, input_shape=shape)
