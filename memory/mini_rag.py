@@ -147,15 +147,10 @@ class MiniRAG(MemoryModule):
 
     # checkpoints: the store travels as tensors beside the parameters
     def get_extra_state(self) -> dict[str, Any]:
-        s = self.store
-        return {"tokens": s.tokens, "keys": s.keys, "labels": s.labels, "inserted": s.inserted, "last_used": s.last_used,
-                "meta": list(s.meta), "clock": s.clock, "n_inserted": s.n_inserted}
+        return self.store.state()  # counters too: hit rate and latency continue across a resume
 
     def set_extra_state(self, state: dict[str, Any]) -> None:
-        s = self.store
-        s.tokens, s.keys, s.labels = state["tokens"], state["keys"], state["labels"]
-        s.inserted, s.last_used, s.meta = state["inserted"], state["last_used"], list(state["meta"])
-        s.clock, s.n_inserted = int(state["clock"]), int(state["n_inserted"])
+        self.store.load_state(state)
 
 
 @register("memory", "mini_rag", MiniRAGConfig)
