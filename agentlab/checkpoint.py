@@ -105,6 +105,13 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def named(e: OSError, path: Path | str) -> OSError:
+    """`e` with `path` as its file name when it has none (a failed write on an open file names no path)."""
+    if e.filename is None:
+        return type(e)(e.errno, e.strerror or str(e), str(path))
+    return e
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write `data` to `path` via a temporary file and a rename: readers never see half a file."""
     path = Path(path)
@@ -116,9 +123,11 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(e, OSError):
+            raise named(e, path) from None
         raise
 
 
@@ -128,10 +137,13 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 def _write_synced(path: Path, data: bytes) -> None:
-    with open(path, "xb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
+    try:
+        with open(path, "xb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as e:
+        raise named(e, path) from None
 
 
 def checkpoint_index(path: Path) -> int | None:

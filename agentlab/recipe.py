@@ -77,7 +77,26 @@ def read_recipe(name_or_path: str) -> tuple[str, dict[str, Any]]:
         raise ConfigError(f"recipe {path} is not UTF-8 text ({e.reason} at byte {e.start}); TOML files are UTF-8") from None
     except OSError as e:
         raise ConfigError(f"recipe {path} cannot be read: {e.strerror or e}") from None
+    except RecursionError:
+        raise ConfigError(f"recipe {path} nests arrays or tables too deeply to read") from None
+    check_depth(table, f"recipe {path}")
     return path.stem, table
+
+
+MAX_DEPTH = 32
+
+
+def check_depth(value: Any, what: str) -> None:
+    """Refuse values nested deeper than `MAX_DEPTH` (no recipe needs it; copying and checking them would recurse)."""
+    stack = [(value, 0)]
+    while stack:
+        v, d = stack.pop()
+        if d > MAX_DEPTH:
+            raise ConfigError(f"{what} nests arrays or tables more than {MAX_DEPTH} deep")
+        if isinstance(v, dict):
+            stack.extend((x, d + 1) for x in v.values())
+        elif isinstance(v, list):
+            stack.extend((x, d + 1) for x in v)
 
 
 def apply_overrides(table: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
@@ -88,6 +107,7 @@ def apply_overrides(table: dict[str, Any], overrides: list[str]) -> dict[str, An
             raise ConfigError(f"--set {item!r} is not key=value (for example --set learner.lr=0.01)")
         key, text = item.split("=", 1)
         key, value = key.strip(), parse_value(text.strip())
+        check_depth(value, f"--set {key}")
         head = key.split(".", 1)[0]
         if head not in TOP_KEYS:
             raise ConfigError(f"--set {key}: unknown key {head!r}" + suggest(head, TOP_KEYS) + f"; top-level keys: {', '.join(TOP_KEYS)}")
@@ -116,6 +136,7 @@ class Resolved:
 def resolve(name: str, table: dict[str, Any]) -> Resolved:
     if not isinstance(table, dict):
         raise ConfigError(f"recipe {name!r} must be a table of keys, got {type(table).__name__}")
+    check_depth(table, f"recipe {name!r}")
     for key in table:
         if key not in TOP_KEYS:
             raise ConfigError(f"unknown key {key!r} in recipe {name!r}" + suggest(key, TOP_KEYS) + f"; allowed: {', '.join(TOP_KEYS)}")

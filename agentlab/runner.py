@@ -85,6 +85,7 @@ def run_recipe(
         "table": resolved.table,
         "seed": resolved.seed,
         "data_root": str(data_root) if data_root else None,
+        "agents": list(only) if only else None,
         "versions": package_versions(),
     }
     with RunLock(run_dir):
@@ -153,9 +154,10 @@ def _run_agent(label: str, spec: dict[str, Any], resolved: recipes.Resolved, str
     """One agent over the stream, resumed from its checkpoints when asked (and trained again when they are unusable
     and `restart` says so)."""
     check_writable(arm_dir)
-    if resolved.loop.checkpoint:
-        inside(arm_dir, arm_dir / CHECKPOINTS, f"agents.{label} checkpoints")
-        check_writable(arm_dir / CHECKPOINTS)
+    checkpoints = arm_dir / CHECKPOINTS
+    if resolved.loop.checkpoint and (checkpoints.exists() or checkpoints.is_symlink()):
+        inside(arm_dir, checkpoints, f"agents.{label} checkpoints")
+        check_writable(checkpoints)  # (a file there fails here, before the first task)
     purge_all = False
     while True:
         generator = seed_everything(resolved.seed, deterministic=resolved.deterministic)
@@ -227,9 +229,9 @@ def write_run_summary(run_dir: Path, resolved: recipes.Resolved, results: dict[s
     atomic_write_text(run_dir / "summary.json", json.dumps(jsonable(body), indent=2))
 
 
-def load_run_config(run_dir: Path) -> tuple[str, dict[str, Any], Path | None]:
-    """(recipe name, resolved table, data root) saved in a run directory, for --resume; a `UserError` naming the file
-    when it is missing or damaged."""
+def load_run_config(run_dir: Path) -> tuple[str, dict[str, Any], Path | None, list[str] | None]:
+    """(recipe name, resolved table, data root, the agents run (None: all)) saved in a run directory, for --resume;
+    a `UserError` naming the file when it is missing or damaged."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise UserError(f"--resume {run_dir}: not a folder; give a run directory written by `agentlab run`")
@@ -242,7 +244,9 @@ def load_run_config(run_dir: Path) -> tuple[str, dict[str, Any], Path | None]:
         raise UserError(f"{path} is damaged ({e}); the run cannot be resumed from it") from None
     if not isinstance(record, dict) or not isinstance(record.get("recipe"), str) or not isinstance(record.get("table"), dict):
         raise UserError(f"{path} is damaged: it needs a 'recipe' name and a 'table'; the run cannot be resumed from it")
-    root = record.get("data_root")
+    root, only = record.get("data_root"), record.get("agents")
     if root is not None and not isinstance(root, str):
         raise UserError(f"{path}: data_root={root!r} is not a path")
-    return record["recipe"], record["table"], Path(root) if root else None
+    if only is not None and not (isinstance(only, list) and all(isinstance(a, str) for a in only)):
+        raise UserError(f"{path}: agents={only!r} is not a list of agent labels")
+    return record["recipe"], record["table"], Path(root) if root else None, only

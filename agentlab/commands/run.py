@@ -49,7 +49,8 @@ def main(args: argparse.Namespace) -> int:
         if args.recipe or args.seed is not None or args.deterministic:
             raise UserError("--resume continues a run with its saved config; do not combine it with a recipe, --seed or "
                             "--deterministic")
-        name, table, root = load_run_config(run_dir)
+        name, table, root, only = load_run_config(run_dir)
+        args.agent = args.agent or only  # the agents the run was started with
         resume_overrides = list(args.overrides) + ([f'loop.device="{args.device}"'] if args.device else [])
         recipes.check_resume_overrides(resume_overrides)
         resolved = recipes.resolve(name, recipes.apply_overrides(table, resume_overrides))
