@@ -162,7 +162,7 @@ def resolve(name: str, table: dict[str, Any]) -> Resolved:
             check_name(label, "agent label")
     else:
         agents = {name: {k: table[k] for k in AGENT_KEYS if k in table}}
-        check_name(name, "recipe name (the label of its only agent: rename the file or use [agents.<label>])")
+        check_name(name, "recipe name", " (it is the label of the recipe's only agent: rename the file or use [agents.<label>])")
     if not agents:
         raise ConfigError(f"recipe {name!r} defines no agent")
     for label, spec in agents.items():
@@ -255,13 +255,17 @@ def _guard(where: str, table: dict[str, Any], make: Callable[[], Any]) -> Any:
     except (MemoryError, OverflowError, torch.OutOfMemoryError) as e:
         error: BaseException = e
     except RuntimeError as e:
-        if not any(w in str(e) for w in ("allocate", "overflow", "out of memory", "too large", "Storage size")):
+        if not any(w in str(e) for w in SIZE_ERRORS):
             raise
         error = e
     lines = str(error).strip().splitlines()
-    why = (lines[0] if lines else type(error).__name__)[:200]
+    why = (lines[0] if lines else type(error).__name__)[-200:]
     sizes = ", ".join(f"{k}={v!r}" for k, v in table.items() if k != "name") or "(defaults)"
-    raise ConfigError(f"{where}: building it needs more memory than there is ({why}); check its sizes: {sizes}")
+    raise ConfigError(f"{where} cannot be built with these sizes ({why}); check: {sizes}")
+
+
+# what torch's allocator and shape checks say about a size no machine holds
+SIZE_ERRORS = ("allocate", "overflow", "out of memory", "too large", "Storage size", "negative dimension")
 
 
 def build_agent(label: str, spec: dict[str, Any], env: registry.BuildEnv) -> Agent:

@@ -33,9 +33,9 @@ LOCK = ".lock"
 RESERVED = ("config.json", "summary.json", LOCK)
 
 
-def check_name(value: Any, what: str) -> str:
-    """`value` if it is a safe single path component, else a `ConfigError` naming `what` it is, the value and the
-    rule."""
+def check_name(value: Any, what: str, hint: str = "") -> str:
+    """`value` if it is a safe single path component, else a `ConfigError` naming `what` it is, the value, the rule
+    and `hint`."""
     ok = (
         isinstance(value, str) and NAME.fullmatch(value) is not None and value not in (".", "..")
         and not value.startswith(".") and value not in RESERVED and len(value) <= MAX_NAME
@@ -43,7 +43,7 @@ def check_name(value: Any, what: str) -> str:
     if not ok:
         raise ConfigError(
             f"{what} {value!r} is not allowed: it names a folder of the run directory, so it must be 1 to {MAX_NAME} of "
-            f"letters, digits, '_', '.', '-', not start with '.', and not be one of {', '.join(RESERVED)}"
+            f"letters, digits, '_', '.', '-', not start with '.', and not be one of {', '.join(RESERVED)}{hint}"
         )
     return value
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 from pathlib import Path
 from typing import Any, Callable
@@ -75,6 +76,7 @@ def run_recipe(
     stream = recipes.build_stream(resolved, env)
     check_matrix_fits(len(stream))
     env.stream = stream
+    created = run_dir is None
     if run_dir is None:
         run_dir = create_run_dir(out_root, run_dir_name(resolved.table["stream"]["name"], resolved.name, resolved.seed))
     elif not resume:
@@ -88,38 +90,52 @@ def run_recipe(
         "agents": list(only) if only else None,
         "versions": package_versions(),
     }
+    results: dict[str, RunResult] = {}
     with RunLock(run_dir):
         _write_config(run_dir, record, resume, resume_overrides or [])
-        results: dict[str, RunResult] = {}
-        for label, spec in resolved.agents.items():
-            if only and label not in only:
-                continue
-            arm_dir = inside(run_dir, run_dir / label, f"agents.{label}")
-            if resume:
-                done = _completed_result(arm_dir)
-                if done is not None:
-                    results[label] = done
-                    continue
-            try:
-                result = _run_agent(label, spec, resolved, stream, env, arm_dir, record, resume=resume, restart=restart,
-                                    progress=progress, notify=notify)
-            except OSError as e:
-                result = _failed(label, stream, arm_dir, f"I/O error: {os_error_text(e)}")
-                try:
-                    write_summary(arm_dir / "summary.json", result, {**record, "agent": label, "spec": spec})
-                except OSError:
-                    pass
-            results[label] = result
-            if not result.completed:
-                break
         try:
-            write_run_summary(run_dir, resolved, results)
-        except OSError as e:
-            notify(f"agentlab: error: cannot write the run summary: {os_error_text(e)}")
-            for r in results.values():
-                if r.completed:
-                    r.status, r.message = "failed", f"I/O error: {os_error_text(e)}"
+            for label, spec in resolved.agents.items():
+                if only and label not in only:
+                    continue
+                arm_dir = inside(run_dir, run_dir / label, f"agents.{label}")
+                if resume:
+                    done = _completed_result(arm_dir)
+                    if done is not None:
+                        results[label] = done
+                        continue
+                try:
+                    result = _run_agent(label, spec, resolved, stream, env, arm_dir, record, resume=resume,
+                                        restart=restart, progress=progress, notify=notify)
+                except OSError as e:
+                    result = _failed(label, stream, arm_dir, f"I/O error: {os_error_text(e)}")
+                    try:
+                        write_summary(arm_dir / "summary.json", result, {**record, "agent": label, "spec": spec})
+                    except OSError:
+                        pass
+                results[label] = result
+                if not result.completed:
+                    break
+        except UserError:
+            # bad input found while building an agent: a run directory this call created and nothing was trained
+            # in goes again; otherwise the agents done so far keep their summary
+            if created and not results:
+                shutil.rmtree(run_dir, ignore_errors=True)
+                raise
+            _write_run_summary_or_fail(run_dir, resolved, results, notify)
+            raise
+        _write_run_summary_or_fail(run_dir, resolved, results, notify)
     return run_dir, results
+
+
+def _write_run_summary_or_fail(run_dir: Path, resolved: recipes.Resolved, results: dict[str, RunResult],
+                               notify: Callable[[str], None]) -> None:
+    try:
+        write_run_summary(run_dir, resolved, results)
+    except OSError as e:
+        notify(f"agentlab: error: cannot write the run summary: {os_error_text(e)}")
+        for r in results.values():
+            if r.completed:
+                r.status, r.message = "failed", f"I/O error: {os_error_text(e)}"
 
 
 def check_matrix_fits(n_tasks: int) -> None:

@@ -18,6 +18,7 @@ attach and trained as a fixed sparse sub-network: it never rewires.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -201,7 +202,9 @@ def load_ticket(module: Lottery, path: str | Path) -> None:
     if not Path(path).is_file():
         raise ConfigError(f"lottery ticket {path} not found; write one with agentlab.plasticity.lottery.save_ticket")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's notes on a foreign file's pickle protocol: the error below says it
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # pickle, zip and torch errors of a damaged or foreign file
         raise ConfigError(f"lottery ticket {path} cannot be read ({type(e).__name__}): not a file from save_ticket") from None
     if not isinstance(state, dict) or not all(isinstance(state.get(k), dict) for k in ("masks", "values")):

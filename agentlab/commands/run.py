@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import signal
 import sys
 import time
@@ -51,7 +52,7 @@ def main(args: argparse.Namespace) -> int:
                             "--deterministic")
         name, table, root, only = load_run_config(run_dir)
         args.agent = args.agent or only  # the agents the run was started with
-        resume_overrides = list(args.overrides) + ([f'loop.device="{args.device}"'] if args.device else [])
+        resume_overrides = list(args.overrides) + ([f"loop.device={json.dumps(args.device)}"] if args.device is not None else [])
         recipes.check_resume_overrides(resume_overrides)
         resolved = recipes.resolve(name, recipes.apply_overrides(table, resume_overrides))
         if args.data_root:
@@ -67,8 +68,8 @@ def main(args: argparse.Namespace) -> int:
             overrides.append(f"seed={args.seed}")
         if args.deterministic:
             overrides.append("deterministic=true")
-        if args.device:
-            overrides.append(f'loop.device="{args.device}"')
+        if args.device is not None:
+            overrides.append(f"loop.device={json.dumps(args.device)}")
         resolved = recipes.resolve(name, recipes.apply_overrides(table, overrides))
         root = data_root(args.data_root)
         run_dir = None
