@@ -1,8 +1,10 @@
 """The run directory: safe names for what goes in it, exclusive creation, and one process at a time.
 
     runs/{stream}__{recipe}__{seed}__{time}[-N]/
-        .lock              held (flock) by the process running or resuming the run; holds its pid
-        config.json, summary.json, <agent label>/ ...
+        .lock              locked (flock) while config.json or summary.json is written
+        config.json, summary.json
+        <agent label>/
+            .lock          locked by the process training this agent; holds its pid
 
 * Every name that becomes a path inside the run directory (an agent's label, the recipe's
   name in the directory name) matches `[A-Za-z0-9_.-]+`, is not `.` or `..`, does not start
@@ -11,9 +13,12 @@
   (a symbolic link out of it is refused).
 * A new run directory is created with `mkdir` that fails when the name exists: two runs started
   in the same second get `...__{time}` and `...__{time}-1`, never one shared folder.
-* `RunLock` holds an exclusive `flock` on `.lock` for as long as a run or a resume works in the
-  directory; a second process gets a `UserError` naming the pid that holds it. The lock goes
-  with the process (a killed run leaves no stale lock: the kernel drops it).
+* `RunLock` holds an exclusive `flock` on a `.lock` file: in an agent's folder for as long as a
+  run or a resume trains that agent (a second process gets a `LockedError` naming the pid that
+  holds it), and in the run directory for the moment its shared files (config.json,
+  summary.json) are written. Processes may thus share a run directory when they train
+  different agents of it (`agentlab bench baselines --only ...` in two shells), never one agent.
+  The lock goes with the process: a killed run leaves no stale lock (the kernel drops it).
 """
 
 from __future__ import annotations
@@ -111,11 +116,20 @@ def check_writable(folder: Path) -> None:
             pass
 
 
-class RunLock:
-    """An exclusive lock on a run directory for the life of a `with` block (see the module docstring)."""
+class LockedError(UserError):
+    """Another process holds the lock: the message names its pid."""
 
-    def __init__(self, run_dir: Path) -> None:
-        self.path = Path(run_dir) / LOCK
+
+class RunLock:
+    """An exclusive `flock` on `folder/.lock` for the life of a `with` block, with this process's pid in the file.
+
+    By default a lock held elsewhere is a `LockedError` naming the holder's pid; with `wait=True` the block waits
+    for it (for the few milliseconds another process spends writing a run's shared files).
+    """
+
+    def __init__(self, folder: Path, *, what: str = "run directory", wait: bool = False) -> None:
+        self.path = Path(folder) / LOCK
+        self.what, self.wait = what, wait
         self.fd: int | None = None
 
     def __enter__(self) -> "RunLock":
@@ -125,12 +139,12 @@ class RunLock:
             return self
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if self.wait else fcntl.LOCK_NB))
         except BlockingIOError:
             holder = os.pread(fd, 64, 0).decode("ascii", "replace").strip() or "unknown"
             os.close(fd)
-            raise UserError(
-                f"run directory {self.path.parent} is in use by process {holder} (it holds {self.path}); "
+            raise LockedError(
+                f"{self.what} {self.path.parent} is in use by process {holder} (it holds {self.path}); "
                 "wait for it to finish or stop it first"
             ) from None
         except BaseException:

@@ -1,10 +1,11 @@
 """From a resolved recipe to a finished run directory: every agent of the recipe over one stream.
 
     runs/{stream}__{recipe}__{seed}__{time}[-N]/    created exclusively (-N when the name is taken)
-        .lock              locked by the process running or resuming the run (agentlab.rundir)
+        .lock              locked while config.json or summary.json is written (agentlab.rundir)
         config.json        the resolved recipe (after --set), the seed, the data root
         summary.json       every agent's metrics and accuracy matrix
-        <agent>/           TensorBoard events, summary.json and checkpoints of one agent (agentlab.runstate)
+        <agent>/           TensorBoard events, summary.json and checkpoints of one agent (agentlab.runstate),
+            .lock          locked by the process training this agent
 
 Each agent starts from the same seed, so agents of one recipe share their
 backbone's initial weights and the data order of the first task.
@@ -28,7 +29,7 @@ from agentlab.devices import check_device
 from agentlab.errors import UserError, os_error_text
 from agentlab.loop import RunResult, run
 from agentlab.registry import BuildEnv
-from agentlab.rundir import RunLock, check_out_root, check_writable, create_run_dir, inside, run_dir_name
+from agentlab.rundir import LockedError, RunLock, check_out_root, check_writable, create_run_dir, inside, run_dir_name
 from agentlab.runstate import CHECKPOINTS, forget_checkpoints, peek_global_step
 from agentlab.seeding import seed_everything
 from agentlab.summary import jsonable, package_versions, read_summary, write_summary
@@ -66,10 +67,9 @@ def run_recipe(
             raise UserError(f"--agent {', '.join(map(repr, unknown))}: recipe {resolved.name!r} has no such agent; "
                             f"its agents: {', '.join(resolved.agents)}")
     check_device(resolved.loop.device, key="loop.device")
-    if resume:
-        if run_dir is None or not Path(run_dir).is_dir():
-            raise UserError(f"--resume {run_dir}: not a run directory")
-    elif run_dir is None:
+    if resume and run_dir is None:
+        raise UserError("--resume needs a run directory")
+    if not resume and run_dir is None:
         check_out_root(out_root)
     env = BuildEnv(seed=resolved.seed, data_root=data_root)
     seed_everything(resolved.seed, deterministic=resolved.deterministic)
@@ -79,7 +79,7 @@ def run_recipe(
     created = run_dir is None
     if run_dir is None:
         run_dir = create_run_dir(out_root, run_dir_name(resolved.table["stream"]["name"], resolved.name, resolved.seed))
-    elif not resume:
+    else:
         Path(run_dir).mkdir(parents=True, exist_ok=True)
     run_dir = Path(run_dir)
     record = {
@@ -91,46 +91,47 @@ def run_recipe(
         "versions": package_versions(),
     }
     results: dict[str, RunResult] = {}
-    with RunLock(run_dir):
+    with RunLock(run_dir, wait=True):
         _write_config(run_dir, record, resume, resume_overrides or [])
-        try:
-            for label, spec in resolved.agents.items():
-                if only and label not in only:
-                    continue
-                arm_dir = inside(run_dir, run_dir / label, f"agents.{label}")
-                if resume:
-                    done = _completed_result(arm_dir)
-                    if done is not None:
-                        results[label] = done
-                        continue
+    try:
+        for label, spec in resolved.agents.items():
+            if only and label not in only:
+                continue
+            arm_dir = inside(run_dir, run_dir / label, f"agents.{label}")
+            try:
+                arm_dir.mkdir(exist_ok=True)
+                with RunLock(arm_dir, what=f"agent {label}'s folder"):
+                    done = _completed_result(arm_dir) if resume else None
+                    result = done or _run_agent(label, spec, resolved, stream, env, arm_dir, record, resume=resume,
+                                                restart=restart, progress=progress, notify=notify)
+            except OSError as e:
+                result = _failed(label, stream, arm_dir, f"I/O error: {os_error_text(e)}")
                 try:
-                    result = _run_agent(label, spec, resolved, stream, env, arm_dir, record, resume=resume,
-                                        restart=restart, progress=progress, notify=notify)
-                except OSError as e:
-                    result = _failed(label, stream, arm_dir, f"I/O error: {os_error_text(e)}")
-                    try:
-                        write_summary(arm_dir / "summary.json", result, {**record, "agent": label, "spec": spec})
-                    except OSError:
-                        pass
-                results[label] = result
-                if not result.completed:
-                    break
-        except UserError:
-            # bad input found while building an agent: a run directory this call created and nothing was trained
-            # in goes again; otherwise the agents done so far keep their summary
-            if created and not results:
-                shutil.rmtree(run_dir, ignore_errors=True)
-                raise
-            _write_run_summary_or_fail(run_dir, resolved, results, notify)
+                    write_summary(arm_dir / "summary.json", result, {**record, "agent": label, "spec": spec})
+                except OSError:
+                    pass
+            results[label] = result
+            if not result.completed:
+                break
+    except LockedError:
+        raise  # another process trains this agent: leave everything to it
+    except UserError:
+        # bad input found while building an agent: a run directory this call created and nothing was trained
+        # in goes again; otherwise the agents done so far keep their summary
+        if created and not results:
+            shutil.rmtree(run_dir, ignore_errors=True)
             raise
         _write_run_summary_or_fail(run_dir, resolved, results, notify)
+        raise
+    _write_run_summary_or_fail(run_dir, resolved, results, notify)
     return run_dir, results
 
 
 def _write_run_summary_or_fail(run_dir: Path, resolved: recipes.Resolved, results: dict[str, RunResult],
                                notify: Callable[[str], None]) -> None:
     try:
-        write_run_summary(run_dir, resolved, results)
+        with RunLock(run_dir, wait=True):
+            write_run_summary(run_dir, resolved, results)
     except OSError as e:
         notify(f"agentlab: error: cannot write the run summary: {os_error_text(e)}")
         for r in results.values():

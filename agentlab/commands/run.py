@@ -7,6 +7,7 @@ import json
 import signal
 import sys
 import time
+import warnings
 from pathlib import Path
 
 from agentlab.commands.common import add_data_root, add_device, add_overrides, add_threads
@@ -35,6 +36,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    with warnings.catch_warnings():
+        # a warning (a damaged checkpoint passed over on --resume) is one line for the user, not a code location
+        warnings.showwarning = lambda message, *a, **k: print(f"agentlab: warning: {message}", file=sys.stderr)
+        return _main(args)
+
+
+def _main(args: argparse.Namespace) -> int:
     from agentlab import recipe as recipes
     from agentlab.datasets import data_root
     from agentlab.errors import os_error_text

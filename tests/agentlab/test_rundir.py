@@ -76,11 +76,11 @@ def test_two_runs_started_in_the_same_second_get_their_own_directories(tmp_path,
     assert len(events[0]) == len(events[1])
 
 
-def test_a_second_process_on_a_locked_run_directory_is_refused_with_the_holder_pid(tmp_path):
+def test_a_second_process_on_a_locked_agent_is_refused_with_the_holder_pid(tmp_path):
     rc, _, err = cli("run", "--out", tmp_path, *QUICK, "--set", "loop.stop_after_tasks=1")
     (run_dir,) = list(tmp_path.iterdir())
     before = (run_dir / "finetune" / "summary.json").read_bytes()
-    with RunLock(run_dir):  # as if another process were running it (flock conflicts between open files)
+    with RunLock(run_dir / "finetune"):  # as if another process were training it (flock conflicts between open files)
         rc, _, err = cli("run", "--resume", run_dir, "--no-progress")
     assert rc == 2 and f"in use by process {os.getpid()}" in err and "Traceback" not in err
     assert (run_dir / "finetune" / "summary.json").read_bytes() == before  # untouched
@@ -89,7 +89,7 @@ def test_a_second_process_on_a_locked_run_directory_is_refused_with_the_holder_p
 
 
 def test_the_lock_is_held_by_a_running_process(tmp_path):
-    """A real second process: while it trains, this one cannot take the run directory."""
+    """A real second process: while it holds the agent, this one cannot resume it."""
     import subprocess
     import sys
 
@@ -97,7 +97,7 @@ def test_the_lock_is_held_by_a_running_process(tmp_path):
     (run_dir,) = list(tmp_path.iterdir())
     code = ("import sys, time; from agentlab.rundir import RunLock\n"
             "with RunLock(sys.argv[1]):\n    print('locked', flush=True); time.sleep(30)\n")
-    p = subprocess.Popen([sys.executable, "-c", code, str(run_dir)], stdout=subprocess.PIPE, text=True)
+    p = subprocess.Popen([sys.executable, "-c", code, str(run_dir / "finetune")], stdout=subprocess.PIPE, text=True)
     try:
         assert p.stdout.readline().strip() == "locked"
         rc, _, err = cli("run", "--resume", run_dir, "--no-progress")
@@ -105,3 +105,14 @@ def test_the_lock_is_held_by_a_running_process(tmp_path):
     finally:
         p.kill()
         p.wait()
+
+
+def test_processes_may_share_a_run_directory_for_different_agents(tmp_path):
+    """`agentlab bench baselines --only ...` in two shells trains different agents of one run directory."""
+    rc, _, err = cli("run", "--out", tmp_path, *QUICK, "--set", "loop.stop_after_tasks=1")
+    (run_dir,) = list(tmp_path.iterdir())
+    with RunLock(run_dir / "finetune"):
+        rc, _, err = cli("run", "--resume", run_dir, "--no-progress", "--agent", "replay", "--set", "learner.max_steps=1",
+                         "--set", "loop.stop_after_tasks=0")
+    assert rc == 0, err
+    assert json.loads((run_dir / "replay" / "summary.json").read_text())["status"] == "completed"
