@@ -6,27 +6,38 @@ An agent is assembled, not subclassed:
 
 It calls the modules' hooks in one fixed order (see `agentlab.protocols`):
 
-    build      attach(backbone) for each plasticity module, in list order
-    task start plasticity.on_task_start in list order, then memory.on_task_start
-    forward    plasticity.set_task(task_id), then the backbone
+    build      attached memories are sized for their point (a concatenating one widens the
+               read-out), then attach(backbone) for each plasticity module in list order
+               (so stacked wrappers apply in that order), then the memories' hooks go on
+    task start plasticity.on_task_start in list order, then memory.on_task_start;
+               memories that reset per task start afresh
+    forward    plasticity.set_task(task_id), then the backbone; each attached memory reads
+               and fuses at its point (agentlab.attachment), its state threaded by the agent
     loss       extra_loss of plasticity then memory, each term named `<module>/<term>`
-    step       after_step of plasticity then memory
+    step       after_step of plasticity then memory; stores are written with the
+               features, labels and task ids of the examples the step newly saw
     epoch      after_epoch of plasticity
     task end   plasticity.on_task_end in reverse list order, then memory.on_task_end
-    predict    with a task label: as forward; without one, the first plasticity
-               module whose infer_task answers decides each example's task
+    predict    with a task label: as forward; without one, the task is inferred per
+               example by the first module that answers, memories (in list order)
+               before plasticity modules (in list order)
 
 Memory modules the backbone holds (a DNC core, a memory transformer) are found
-in it automatically; memories passed in `memory=[...]` are added beside them.
+in it and called by it; memories passed in `memory=[...]` are attached to it
+(`AttachedMemory`; registry-built memories are) or, for a plain `MemoryModule`,
+kept beside it with their task hooks only.
 """
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from typing import Any, Iterator, Sequence
 
 import torch
 from torch import Tensor, nn
 
+from agentlab.attachment import AttachedMemory
+from agentlab.ports import MemoryPorts
 from agentlab.protocols import MemoryModule, PlasticityModule
 
 
@@ -54,6 +65,7 @@ class Agent(nn.Module):
         memory: Sequence[MemoryModule] = (),
         learner: Any = None,
         label: str = "agent",
+        input_shape: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
         self.label = label
@@ -65,11 +77,15 @@ class Agent(nn.Module):
         inside = [m for m in backbone.modules() if isinstance(m, MemoryModule)]
         self.extra_memory = nn.ModuleList([m for m in memory if all(m is not i for i in inside)])
         self.learner = learner
+        attached = [m for m in self.extra_memory if isinstance(m, AttachedMemory)]
+        self.ports = MemoryPorts(self.backbone, attached, input_shape)  # sizes them: before plasticity wraps layers
         for p in self.plasticity:
             p.attach(self.backbone)
+        self.ports.hook(self.backbone)
         # Found once: memories() is called on every training step (after_step, loss_terms).
         self._memories = [m for m in self.backbone.modules() if isinstance(m, MemoryModule)] + list(self.extra_memory)
         self.current_task: int | None = None
+        self.current_task_view: int | None = None  # the task every module is set to now
 
     # ------------------------------------------------------------------ structure
     def memories(self) -> list[MemoryModule]:
@@ -83,10 +99,15 @@ class Agent(nn.Module):
     # ------------------------------------------------------------------ task hooks
     def start_task(self, task: Any) -> None:
         self.current_task = task.id
+        self.ports.reset("task")
         for p in self.plasticity:
             p.on_task_start(task)
         for m in self.memories():
             m.on_task_start(task)
+
+    def reset_memory(self, done: Tensor | None = None) -> None:
+        """Episodes ended: memories that reset per episode start afresh (only the rows `done` marks, if given)."""
+        self.ports.reset("episode", done)
 
     def end_task(self, task: Any) -> None:
         for p in reversed(self.plasticity):
@@ -94,11 +115,23 @@ class Agent(nn.Module):
         for m in self.memories():
             m.on_task_end(task)
 
-    def after_step(self, step: int) -> None:
+    def after_step(self, step: int, observed: Any = None) -> None:
+        """After every optimiser step: plasticity then memory modules. `observed` is the batch this step newly
+        saw (the current task's examples, without replayed ones); memories with a store are written with it."""
         for p in self.plasticity:
             p.after_step(step)
         for m in self.memories():
             m.after_step(step)
+        if observed is not None:
+            ids = observed.extra.get("task_ids") if observed.extra else None
+            if ids is None:
+                tid = observed.task_id if observed.task_id is not None else self.current_task
+                ids = torch.full((observed.x.shape[0],), -1 if tid is None else int(tid), dtype=torch.long, device=observed.x.device)
+            with self.task_context(self.current_task):
+                self.ports.write(self.backbone, observed.x, observed.y, ids)
+            for m in self._memories:
+                if m not in self.ports.memories:
+                    m.observe(None, observed.y, ids)
 
     def after_epoch(self, epoch: int) -> None:
         for p in self.plasticity:
@@ -106,8 +139,20 @@ class Agent(nn.Module):
 
     # ------------------------------------------------------------------ computing
     def set_task(self, task_id: int | None) -> None:
+        self.current_task_view = task_id
         for p in self.plasticity:
             p.set_task(task_id)
+
+    @contextmanager
+    def task_context(self, task_id: int | None) -> Iterator[None]:
+        """Every module set to `task_id` for code that calls the backbone's own methods (episode learners call
+        `agent.backbone.run(...)`); the previous task is restored after."""
+        before = self.current_task_view
+        self.set_task(task_id)
+        try:
+            yield
+        finally:
+            self.set_task(before)
 
     def forward(self, x: Tensor, task_id: int | None = None) -> Tensor:
         """Backbone output with every plasticity module set to `task_id` (None: no task state)."""
@@ -115,7 +160,11 @@ class Agent(nn.Module):
         return self.backbone(x)
 
     def infer_task(self, x: Tensor) -> Tensor | None:
-        """Task ids (B,) from the first plasticity module that can tell, else None."""
+        """Task ids (B,) from the first module that can tell (memories, then plasticity modules), else None."""
+        with self.task_context(None):  # a memory reads task-free features
+            guess = self.ports.infer_task(self.backbone, x)
+        if guess is not None:
+            return guess
         for p in self.plasticity:
             guess = p.infer_task(x, self.backbone)
             if guess is not None:
@@ -156,6 +205,19 @@ class Agent(nn.Module):
             for k, v in mod.extra_loss(batch, output).items():
                 terms[f"{mod.name}/{k}"] = v
         return terms
+
+    def held_state_bytes(self, memory: MemoryModule) -> int:
+        """Bytes of the recurrent state the agent keeps between calls for an attached memory (0 when it resets per call)."""
+        for i, m in enumerate(self.ports.memories):
+            if m is memory:
+                return self.ports.state_bytes(i)
+        return 0
+
+    def get_extra_state(self) -> dict[str, Any]:
+        return {"memory_states": self.ports.get_state()}
+
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        self.ports.set_state(state.get("memory_states", {}))
 
     # ------------------------------------------------------------------ reporting
     def scalars(self) -> dict[str, float]:

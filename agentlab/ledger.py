@@ -36,8 +36,10 @@ def ledger(agent: Any) -> dict[str, Any]:
             "shared": shared,
             "bytes": shared + sum(per_task.values()),
         }
+    held = getattr(agent, "held_state_bytes", lambda m: 0)
     for m in agent.memories():
-        b = int(m.state_bytes())
+        # stored content, plus the recurrent state the agent keeps between calls (none when it resets per call)
+        b = int(m.state_bytes()) + int(held(m))
         modules[m.name] = {"kind": "memory", "bytes": b}
     learner = getattr(agent, "learner", None)
     if learner is not None and hasattr(learner, "state_bytes"):

@@ -22,7 +22,8 @@ Hook order, fixed by `agentlab.agent.Agent` (documented there too):
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Iterable, NamedTuple, Protocol, runtime_checkable
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, NamedTuple, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor, nn
@@ -126,6 +127,23 @@ class PlasticityModule(nn.Module):
         """Backbone tensors this module wraps without registering them, already counted in its own bytes."""
         return []
 
+    def layer_transforms(self) -> list[nn.Module]:
+        """What this module put into the backbone (its `LayerTransform`s, per-task norms): `disabled()` turns them off."""
+        return []
+
+    @contextmanager
+    def disabled(self) -> Iterator[None]:
+        """Inside, every layer this module changes computes as if the module were not there."""
+        parts = self.layer_transforms()
+        before = [getattr(p, "enabled", True) for p in parts]
+        for p in parts:
+            p.enabled = False
+        try:
+            yield
+        finally:
+            for p, b in zip(parts, before):
+                p.enabled = b
+
 
 # ---------------------------------------------------------------------------- memory
 
@@ -174,6 +192,11 @@ class MemoryModule(nn.Module):
 
     def after_step(self, step: int) -> None:
         """Called after every optimizer step."""
+
+    def observe(self, features: Any, labels: Tensor, task_ids: Tensor) -> None:
+        """After every training step: what the step newly saw (features at the memory's point, or None for a memory
+        inside the backbone, which keeps what its owner handed it), labels (B,) and task ids (B,). Stores write here,
+        never in a loss hook."""
 
     def state_bytes(self) -> int:
         """Bytes of stored content (not parameters) this module holds now."""

@@ -280,4 +280,6 @@ def build_agent(label: str, spec: dict[str, Any], env: registry.BuildEnv) -> Age
     memory = [build("memory", t, f"{where}.memory.{i}") for i, t in enumerate(spec.get("memory", []))]
     learner = build("learner", spec["learner"], f"{where}.learner")
     sizes = {k: spec[k] for k in ("plasticity", "memory") if spec.get(k)}
-    return _guard(where, sizes, lambda: Agent(backbone, plasticity=plasticity, memory=memory, learner=learner, label=label))
+    shape = getattr(env.stream, "input_shape", None)
+    return _guard(where, sizes, lambda: Agent(backbone, plasticity=plasticity, memory=memory, learner=learner, label=label,
+                                              input_shape=shape))

@@ -26,6 +26,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from agentlab.attachment import AttachConfig, AttachedMemory
 from agentlab.config import check
 from agentlab.protocols import MemoryModule
 from agentlab.registry import BuildEnv, register
@@ -111,24 +112,29 @@ class HopfieldStore(MemoryModule):
 
 
 @dataclass(frozen=True)
-class HopfieldStoreConfig:
-    """A Hopfield associative store (modern Hopfield retrieval over written patterns)."""
+class HopfieldStoreConfig(AttachConfig):
+    """A Hopfield associative store attached to a backbone: written with the features training shows it,
+    read by modern Hopfield retrieval of the stored pattern nearest each feature vector (pattern completion)."""
 
-    dim: int = 64
-    """pattern width d"""
+    dim: int = 0
+    """pattern width d; 0 = the features' width (else a fixed random projection to d)"""
     capacity: int = 1024
     """most patterns kept (the oldest is overwritten when full)"""
     beta: float = 8.0
     """inverse temperature of the update"""
-    update_steps_max: int = -1
-    """most update steps; -1 = until converged"""
+    update_steps_max: int = 3
+    """most update steps per read (a forward pass reads every example; metastable states may never converge);
+    -1 = until converged"""
     update_steps_eps: float = 1e-4
     """convergence threshold on the association matrix"""
     value_dim: int = 0
     """value width for a hetero-associative store; 0 = auto-associative"""
+    seed: int = 0
+    """seed of the projection (with dim > 0)"""
 
     def __post_init__(self) -> None:
-        check(self.dim >= 1, "dim", self.dim, "an integer >= 1")
+        super().__post_init__()
+        check(self.dim >= 0, "dim", self.dim, "an integer >= 0 (0 = the features' width)")
         check(self.capacity >= 1, "capacity", self.capacity, "an integer >= 1")
         check(self.beta > 0, "beta", self.beta, "a number > 0")
         check(self.update_steps_max >= -1, "update_steps_max", self.update_steps_max, "an integer >= -1")
@@ -136,9 +142,61 @@ class HopfieldStoreConfig:
         check(self.value_dim >= 0, "value_dim", self.value_dim, "an integer >= 0")
 
 
+class AttachedHopfieldStore(AttachedMemory):
+    """A `HopfieldStore` at an attachment point: training features are written (FIFO within capacity), each
+    feature vector retrieves the pattern it completes to, and that pattern is fused into the features."""
+
+    name = "hopfield_store"
+    writes = True
+
+    def __init__(self, cfg: HopfieldStoreConfig) -> None:
+        super().__init__(cfg)
+        self.cfg = cfg
+        self.store: HopfieldStore | None = None
+
+    def build(self, width: int) -> int:
+        d = self.cfg.dim or width
+        if d != width:
+            g = torch.Generator().manual_seed(self.cfg.seed)
+            self.register_buffer("projection", torch.randn(width, d, generator=g) / d**0.5, persistent=False)
+        else:
+            self.projection = None
+        self.store = HopfieldStore(dim=d, capacity=self.cfg.capacity, beta=self.cfg.beta,
+                                   update_steps_max=None if self.cfg.update_steps_max < 0 else self.cfg.update_steps_max,
+                                   update_steps_eps=self.cfg.update_steps_eps, value_dim=self.cfg.value_dim)
+        return self.cfg.value_dim or d
+
+    def _patterns(self, x: Tensor) -> Tensor:
+        return x @ self.projection.to(x) if self.projection is not None else x
+
+    def retrieve(self, x: Tensor, state: Any) -> tuple[Tensor | None, Any]:
+        assert self.store is not None
+        if len(self.store) == 0:
+            return None, state
+        b, t, f = x.shape
+        r = self.store.retrieve(self._patterns(x.reshape(b * t, f)))
+        return r.reshape(b, t, -1), state
+
+    @torch.no_grad()
+    def observe(self, features: Tensor, labels: Tensor, task_ids: Tensor) -> None:
+        assert self.store is not None
+        x = features.reshape(features.shape[0], -1) if features.dim() == 2 else features.reshape(-1, features.shape[-1])
+        if self.cfg.value_dim:
+            return  # a hetero-associative store needs values; it is written by its owner, not by training features
+        self.store.write(self._patterns(x.float()))
+
+    def state_bytes(self) -> int:
+        return self.store.state_bytes() if self.store is not None else 0
+
+    def scalars(self) -> dict[str, float]:
+        return self.store.scalars() if self.store is not None else {}
+
+    def reset(self) -> None:
+        if self.store is not None:
+            self.store.reset()
+
+
 @register("memory", "hopfield_store", HopfieldStoreConfig)
-def build_hopfield_store(cfg: HopfieldStoreConfig, env: BuildEnv) -> HopfieldStore:
-    """Hopfield associative store: write patterns, retrieve from partial or noisy cues."""
-    return HopfieldStore(dim=cfg.dim, capacity=cfg.capacity, beta=cfg.beta,
-                         update_steps_max=None if cfg.update_steps_max < 0 else cfg.update_steps_max,
-                         update_steps_eps=cfg.update_steps_eps, value_dim=cfg.value_dim)
+def build_hopfield_store(cfg: HopfieldStoreConfig, env: BuildEnv) -> AttachedHopfieldStore:
+    """Hopfield associative store attached to a backbone: written with training features, read by retrieval."""
+    return AttachedHopfieldStore(cfg)

@@ -27,6 +27,7 @@ write_locations}` images and the `read_entropy` scalar.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Literal, NamedTuple
@@ -36,6 +37,7 @@ import torch.nn.functional as F
 from einops import einsum, rearrange
 from torch import Tensor, nn
 
+from agentlab.attachment import AttachConfig, AttachedMemory, Reset
 from agentlab.config import check
 from agentlab.protocols import MemoryModule
 from agentlab.registry import BuildEnv, register
@@ -243,7 +245,57 @@ class MemoryTransformer(MemoryModule):
         return 0 if self.carried is None else sum(t.numel() * t.element_size() for t in self.carried)
 
 
-@register("memory", "memory_transformer", MemoryTransformerConfig)
-def build_memory_transformer(cfg: MemoryTransformerConfig, env: BuildEnv) -> MemoryTransformer:
-    """Transformer encoder with a 500-slot key-value memory written by LRU access (MANN)."""
-    return MemoryTransformer(cfg)
+@dataclass(frozen=True)
+class KVMemoryConfig(MemoryTransformerConfig, AttachConfig):
+    """The memory transformer attached to a backbone: its steps are the features at `at`."""
+
+    in_features: int = 0
+    """features of one step; 0 = the width of the features at the attachment point"""
+    reset: Reset = "sequence"  # type: ignore[assignment]
+    """when the key-value memory starts empty: every sequence (forward call), episode, task or never"""
+
+    def __post_init__(self) -> None:
+        AttachConfig.__post_init__(self)
+        check(self.in_features >= 0, "in_features", self.in_features, "an integer >= 0 (0 = the attachment width)")
+        self.core_config(max(self.in_features, 1))  # the memory transformer's own checks
+
+    def core_config(self, in_features: int) -> MemoryTransformerConfig:
+        """The settings of the memory transformer inside, for steps of `in_features`."""
+        keys = {f.name: getattr(self, f.name) for f in dataclasses.fields(MemoryTransformerConfig)}
+        return MemoryTransformerConfig(**{**keys, "in_features": in_features, "reset": "episode"})
+
+
+class AttachedMemoryTransformer(AttachedMemory):
+    """The memory transformer at an attachment point: each step of the features is a row it reads and writes
+    (causally); its (B, T, dim) output is fused into the features. The key-value state is threaded by the agent."""
+
+    name = "memory_transformer"
+
+    def __init__(self, cfg: KVMemoryConfig) -> None:
+        super().__init__(cfg, heads=cfg.heads)
+        self.cfg = cfg
+        self.core: MemoryTransformer | None = None
+
+    def build(self, width: int) -> int:
+        self.core = MemoryTransformer(self.cfg.core_config(width))
+        return self.cfg.dim
+
+    def initial_state(self, batch_size: int, device: torch.device | str = "cpu") -> KVMemoryState:
+        assert self.core is not None
+        return self.core.initial_state(batch_size, device)
+
+    def retrieve(self, x: Tensor, state: KVMemoryState) -> tuple[Tensor, KVMemoryState]:
+        assert self.core is not None
+        return self.core(x, state)
+
+    def scalars(self) -> dict[str, float]:
+        return self.core.scalars() if self.core is not None else {}
+
+    def images(self) -> dict[str, Tensor]:
+        return self.core.images() if self.core is not None else {}
+
+
+@register("memory", "memory_transformer", KVMemoryConfig)
+def build_memory_transformer(cfg: KVMemoryConfig, env: BuildEnv) -> AttachedMemoryTransformer:
+    """Transformer encoder with a key-value memory written by LRU access (MANN), attached to a backbone."""
+    return AttachedMemoryTransformer(cfg)

@@ -11,7 +11,14 @@ The store (`agentlab.memory.store.EpisodeStore`) holds content *inside* the modu
 `reset()` empties it; the recurrent state passed in and out is only the query key
 and what was retrieved (`RAGState`). Token embeddings may be tied to a tokenizer's
 codebook (`tie_embeddings`), so retrieved tokens live in the same space the
-tokenizer maps every modality into.
+tokenizer maps every modality into. A backbone that holds a `MiniRAG` (the `sense-rag`
+classifier) hands it the keys and tokens of its last training batch (`remember`); the
+agent writes them with their labels through the `observe` hook after the training step.
+
+Registered as the memory `mini_rag`, the store attaches to any backbone (`AttachedMiniRAG`):
+features at its point are keyed by a fixed random projection, written after every training
+step with their labels, and each example retrieves its k most similar stored episodes,
+(stored key, one-hot label), fused by cross-attention.
 
 Figures (`memory/mini_rag/...`): size, capacity, occupancy, hit_rate, retrieval_latency_ms, bytes.
 """
@@ -25,6 +32,7 @@ import torch
 from einops import rearrange
 from torch import Tensor, nn
 
+from agentlab.attachment import AttachConfig, AttachedMemory, Fuse
 from agentlab.config import check
 from agentlab.protocols import MemoryModule
 from agentlab.registry import BuildEnv, register
@@ -32,8 +40,11 @@ from agentlab.memory.store import EpisodeStore
 
 
 @dataclass(frozen=True)
-class MiniRAGConfig:
+class MiniRAGConfig(AttachConfig):
     """A bounded store of tokenized episodes read by cross-attention."""
+
+    fuse: Fuse = "cross_attention"
+    """how retrieved episodes enter the features (attached): cross_attention over the k episodes, residual, concat"""
 
     capacity: int = 10000
     """episodes the store holds at most"""
@@ -63,6 +74,7 @@ class MiniRAGConfig:
     """IVF cells scanned per query"""
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         for key in ("capacity", "key_dim", "max_tokens", "num_codes", "num_labels", "dim", "k", "heads"):
             check(getattr(self, key) >= 1, key, getattr(self, key), "an integer >= 1")
         check(self.dim % self.heads == 0, "heads", self.heads, f"a divisor of dim={self.dim}")
@@ -131,13 +143,18 @@ class MiniRAG(MemoryModule):
         fused, _ = self.attn(self.norm(x), mem, mem, key_padding_mask=pad)  # (B, N, D)
         return x + fused, RAGState(state.query_key, r.slots)
 
-    def extra_loss(self, batch: Any, output: Tensor) -> dict[str, Tensor]:
-        """Write the last training batch (keys, tokens left as `pending` by the owning backbone) with its labels."""
-        if self.pending is not None and self.pending[0].shape[0] == batch.y.shape[0] and batch.y.dim() == 1:
+    def remember(self, keys: Tensor, tokens: Tensor) -> None:
+        """The owning backbone's keys (B, E) and tokens (B, N) of its last training batch, to be written by `observe`."""
+        self.pending = (keys.detach(), tokens.detach())
+
+    def observe(self, features: Any, labels: Tensor, task_ids: Tensor) -> None:
+        """After a training step: write the remembered batch with its labels (the rows the step newly saw: a batch
+        with replayed rows beyond them is written in its first rows only)."""
+        if self.pending is not None and labels.dim() == 1 and self.pending[0].shape[0] >= labels.shape[0]:
             keys, tokens = self.pending
-            self.store.write(keys, tokens, batch.y)
+            n = labels.shape[0]
+            self.store.write(keys[:n], tokens[:n], labels)
         self.pending = None
-        return {}
 
     def state_bytes(self) -> int:
         return self.store.nbytes()
@@ -147,13 +164,82 @@ class MiniRAG(MemoryModule):
 
     # checkpoints: the store travels as tensors beside the parameters
     def get_extra_state(self) -> dict[str, Any]:
-        return self.store.state()  # counters too: hit rate and latency continue across a resume
+        return store_state(self.store)
 
     def set_extra_state(self, state: dict[str, Any]) -> None:
-        self.store.load_state(state)
+        load_store_state(self.store, state)
+
+
+def store_state(s: EpisodeStore) -> dict[str, Any]:
+    return s.state()  # counters too: hit rate and latency continue across a resume
+
+
+def load_store_state(s: EpisodeStore, state: dict[str, Any]) -> None:
+    s.load_state(state)  # checked as a store file is: StoreCorruptError naming what is wrong
+
+
+class AttachedMiniRAG(AttachedMemory):
+    """The mini-RAG store at an attachment point of any backbone (see the module docstring).
+
+    key(h) = normalise(h R), R (F, key_dim) fixed by `seed`; an episode is (key, label); a read is the k
+    nearest episodes as [stored key, one-hot label] (B, T, k, key_dim + num_labels + 1).
+    """
+
+    name = "mini_rag"
+    writes = True
+
+    def __init__(self, cfg: MiniRAGConfig, seed: int = 0) -> None:
+        super().__init__(cfg, heads=cfg.heads)
+        self.cfg, self.seed = cfg, seed
+        self.store = EpisodeStore(capacity=cfg.capacity, key_dim=cfg.key_dim, max_tokens=1, eviction=cfg.eviction,
+                                  hit_threshold=cfg.hit_threshold, index=cfg.index, ann_min_size=cfg.ann_min_size,
+                                  nprobe=cfg.nprobe)
+
+    def build(self, width: int) -> int:
+        g = torch.Generator().manual_seed(self.seed)
+        proj = torch.randn(width, self.cfg.key_dim, generator=g) / self.cfg.key_dim**0.5
+        self.register_buffer("projection", proj, persistent=False)  # rebuilt from the seed, never saved
+        return self.cfg.key_dim + self.cfg.num_labels + 1
+
+    def key(self, x: Tensor) -> Tensor:
+        return x.float() @ self.projection.to(x.device)
+
+    def retrieve(self, x: Tensor, state: Any) -> tuple[Tensor | None, Any]:
+        if len(self.store) == 0:
+            return None, state
+        b, t, f = x.shape
+        r = self.store.retrieve(self.key(x.reshape(b * t, f)), self.cfg.k)
+        keys = self.store.keys[r.slots]  # (B*T, k, E), unit
+        labels = r.labels.clamp(min=-1)
+        onehot = torch.nn.functional.one_hot(torch.where(labels < 0, self.cfg.num_labels, labels), self.cfg.num_labels + 1)
+        items = torch.cat([keys, onehot.float()], dim=-1).to(x.device, x.dtype)
+        return rearrange(items, "(b t) k r -> b t k r", b=b, t=t), state
+
+    @torch.no_grad()
+    def observe(self, features: Tensor, labels: Tensor, task_ids: Tensor) -> None:
+        x = features.reshape(features.shape[0], -1) if features.dim() == 2 else features.reshape(-1, features.shape[-1])
+        if x.shape[0] != labels.shape[0] or labels.dim() != 1:
+            labels = torch.full((x.shape[0],), -1, dtype=torch.long)  # step features of sequences: no label each
+        labels = labels.clamp(max=self.cfg.num_labels - 1)
+        self.store.write(self.key(x), torch.full((x.shape[0], 1), -1, dtype=torch.int32), labels.cpu())
+
+    def reset(self) -> None:
+        self.store.reset()
+
+    def state_bytes(self) -> int:
+        return self.store.nbytes()
+
+    def scalars(self) -> dict[str, float]:
+        return self.store.stats()
+
+    def get_extra_state(self) -> dict[str, Any]:
+        return store_state(self.store)
+
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        load_store_state(self.store, state)
 
 
 @register("memory", "mini_rag", MiniRAGConfig)
-def build_mini_rag(cfg: MiniRAGConfig, env: BuildEnv) -> MiniRAG:
-    """SENSE mini-RAG: a bounded store of tokenized episodes fused by cross-attention."""
-    return MiniRAG(cfg)
+def build_mini_rag(cfg: MiniRAGConfig, env: BuildEnv) -> AttachedMiniRAG:
+    """SENSE mini-RAG store attached to a backbone: labelled episodes retrieved and fused by cross-attention."""
+    return AttachedMiniRAG(cfg, seed=env.seed)

@@ -13,8 +13,13 @@ adapter parameters itself: they live in the plasticity module, one
 * deleting a task (`forget`) removes every trace of it: nothing else changes;
 * training task B touches no tensor of task A (B's parameters are separate and A's are frozen).
 
-Tasks whose `meta["population"]` is true train the shared backbone instead
-(adapters off): that is how the population model is pre-trained in the same loop.
+The shared backbone learns in a first phase and is then frozen: tasks whose
+`meta["population"]` is true (the personalization stream's population model), and
+with `backbone_phase = "first_task"` (the default) the stream's first task, train it
+with no adapter; every later task trains only its own adapter. Without a task label
+the task is inferred (`infer`): by the likelihood the backbone gives the input under
+each adapter (a person's fingerprint, backbones with `log_likelihood`) or by the lowest
+output entropy, the rule SupSup's "entropy" inference uses.
 Subclasses implement `new_task_state` and `delta_weight` (and may override
 `layer_delta` with a cheaper low-rank product).
 """
@@ -22,35 +27,36 @@ Subclasses implement `new_task_state` and `delta_weight` (and may override
 from __future__ import annotations
 
 import contextlib
-import fnmatch
-from dataclasses import dataclass, field
-from typing import Any, Iterator
+from dataclasses import dataclass
+from typing import Any, Iterator, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from agentlab.config import ConfigError, check
-from agentlab.layers import replace_layer
+from agentlab.config import check
 from agentlab.protocols import PlasticityModule, tensor_bytes
+from agentlab.wrapping import LayerTargets, LayerTransform, freeze_base, select_layers, transforms_of, wrap
 
 
 @dataclass(frozen=True)
-class AdapterConfig:
-    """What every adapter takes: which linear layers it targets, its seed, whether it identifies tasks."""
+class AdapterConfig(LayerTargets):
+    """What every adapter takes: which linear layers it adapts, its seed, when the backbone learns, task inference."""
 
-    target_modules: list[str] = field(default_factory=lambda: ["cond", "action_head", "time_head", "error_head"])
-    """fnmatch patterns over the backbone's module names (e.g. "blocks.*.ff.2"); every matching nn.Linear is adapted"""
     seed: int = 0
     """seed of initialisations and random bases (private generators; the global RNG is never used)"""
-    identify: bool = True
-    """without a task label, infer the task as the one whose adapter gives the input the highest likelihood
-    (needs a backbone with `log_likelihood(x, out)`; the fingerprint of a person)"""
+    backbone_phase: Literal["first_task", "population"] = "first_task"
+    """which tasks train the shared backbone (then frozen): the stream's first task and population tasks, or only
+    tasks marked `population` (a pretraining stream); every other task trains only its own adapter"""
+    infer: Literal["auto", "likelihood", "entropy", "none"] = "auto"
+    """without a task label: the task whose adapter gives the input the highest likelihood (backbones with
+    `log_likelihood`, a person's fingerprint), the lowest output entropy (SupSup's rule), or no inference;
+    auto = likelihood where the backbone has it, else entropy"""
     name: str = ""
     """module name in logs and the ledger; '' = the method's name"""
 
     def __post_init__(self) -> None:
-        check(len(self.target_modules) >= 1, "target_modules", self.target_modules, "a non-empty list of patterns")
+        super().__post_init__()
         check(self.seed >= 0, "seed", self.seed, "an integer >= 0")
 
 
@@ -59,31 +65,28 @@ def is_population_task(task: Any) -> bool:
     return bool(getattr(task, "meta", {}).get("population", False))
 
 
-class AdaptedLinear(nn.Module):
-    """`base_layer(x) + owner.delta(index, x)`; the owner is referenced, not registered (its parameters stay its own)."""
+class AdaptedLinear(LayerTransform):
+    """An adapter's transform on one Linear: `W + dW_t` for the active task. The owner is referenced, not
+    registered: its per-task parameters stay its own."""
 
-    def __init__(self, base_layer: nn.Linear, owner: "AdapterModule", index: int) -> None:
+    base_weight = "fixed"
+    base_weight_reason = "its per-task deltas are added to a backbone frozen after its first phase"
+    has_residual = True
+
+    def __init__(self, owner: "AdapterModule", index: int) -> None:
         super().__init__()
-        self.base_layer = base_layer
         self.index = index
         object.__setattr__(self, "_owner", owner)
 
-    @property
-    def weight(self) -> Tensor:
-        return self.base_layer.weight
+    def transform_weight(self, w: Tensor) -> Tensor:
+        d = self._owner.delta_dense(self.index)
+        return w if d is None else w + d.to(w.dtype)
 
-    @property
-    def bias(self) -> Tensor | None:
-        return self.base_layer.bias
-
-    def forward(self, x: Tensor) -> Tensor:
-        y = self.base_layer(x)
-        d = self._owner.delta(self.index, x)
-        return y if d is None else y + d
+    def residual(self, x: Tensor) -> Tensor | None:
+        return self._owner.delta(self.index, x)
 
     def extra_repr(self) -> str:
         return f"adapter={self._owner.name}, index={self.index}"
-
 
 
 class AdapterModule(PlasticityModule):
@@ -100,6 +103,8 @@ class AdapterModule(PlasticityModule):
         self.active: str | None = None
         self.enabled = True
         self.merged: str | None = None
+        self.base_tasks: list[int] = []  # tasks that trained the backbone (no adapter): task inference's candidates too
+        self.phase_seen = False  # whether the backbone's phase (population or first task) has begun
         self._cache: dict[tuple[str, int], tuple[tuple[int, ...], Tensor]] = {}
         object.__setattr__(self, "_backbone", None)
 
@@ -113,30 +118,28 @@ class AdapterModule(PlasticityModule):
         raise NotImplementedError
 
     def layer_delta(self, state: nn.ParameterDict, index: int, x: Tensor) -> Tensor:
-        """delta(x) = x dW^T for target `index`; dense deltas are cached while no gradient is needed."""
+        """delta(x) = x dW^T for target `index`."""
+        return F.linear(x, self.dense_delta(state, index))
+
+    def dense_delta(self, state: nn.ParameterDict, index: int) -> Tensor:
+        """dW of target `index`; cached while no gradient is needed (evaluation forms it once per task)."""
         if torch.is_grad_enabled():
-            return F.linear(x, self.delta_weight(state, index))
+            return self.delta_weight(state, index)
         key = (self.active or "", index)
         version = tuple(p._version for p in state.values())
         hit = self._cache.get(key)
         if hit is None or hit[0] != version:
             hit = (version, self.delta_weight(state, index).detach())
             self._cache[key] = hit
-        return F.linear(x, hit[1])
+        return hit[1]
 
     # ------------------------------------------------------------------ structure
     def attach(self, backbone: nn.Module) -> None:
         object.__setattr__(self, "_backbone", backbone)
-        linear = [n for n, m in backbone.named_modules() if isinstance(m, nn.Linear)]
-        names = [n for n in linear if any(fnmatch.fnmatchcase(n, p) for p in self.cfg.target_modules)]
-        if not names:
-            raise ConfigError(
-                f"target_modules={self.cfg.target_modules!r} match no nn.Linear of the backbone; its linear layers: {', '.join(linear)}"
-            )
-        for i, n in enumerate(names):
-            lin = backbone.get_submodule(n)
-            replace_layer(backbone, n, AdaptedLinear(lin, self, i))
-            self.targets.append((n, lin.in_features, lin.out_features))
+        for i, n in enumerate(select_layers(backbone, self.cfg, owner=self.name, kinds=(nn.Linear,))):
+            layer = wrap(backbone, n)
+            layer.add(self.name, AdaptedLinear(self, i))
+            self.targets.append((n, layer.base_layer.in_features, layer.base_layer.out_features))
         self.on_attached()
 
     def on_attached(self) -> None:
@@ -144,7 +147,10 @@ class AdapterModule(PlasticityModule):
 
     def wrapped(self) -> list[AdaptedLinear]:
         assert self._backbone is not None, "attach() first"
-        return [m for m in self._backbone.modules() if isinstance(m, AdaptedLinear) and m._owner is self]
+        return [t for _, t in transforms_of(self._backbone, self.name)]  # type: ignore[misc]
+
+    def layer_transforms(self) -> list[nn.Module]:
+        return list(self.wrapped()) if self._backbone is not None else []
 
     def people(self) -> list[int]:
         """Task ids that have an adapter."""
@@ -154,18 +160,20 @@ class AdapterModule(PlasticityModule):
     def on_task_start(self, task: Any) -> None:
         backbone = self._backbone
         assert backbone is not None, "attach() first"
-        if is_population_task(task):
+        first = self.cfg.backbone_phase == "first_task" and (not self.phase_seen or task.id in self.base_tasks)
+        if is_population_task(task) or first:
+            # the backbone's phase: it trains (as far as no other module froze it) and this task has no adapter
             self.active = None
-            for p in backbone.parameters():
-                p.requires_grad_(True)
+            self.phase_seen = True
+            if not is_population_task(task) and task.id not in self.base_tasks:
+                self.base_tasks.append(task.id)
             for p in self.tasks.parameters():
                 p.requires_grad_(False)
             return
         key = str(task.id)
         if key not in self.tasks:
             self.tasks[key] = self.new_task_state(task.id)
-        for p in backbone.parameters():
-            p.requires_grad_(False)
+        freeze_base(backbone)  # the shared model's phase is over
         for k, state in self.tasks.items():
             for p in state.values():
                 p.requires_grad_(k == key)
@@ -176,6 +184,8 @@ class AdapterModule(PlasticityModule):
         if key in self.tasks:
             for p in self.tasks[key].values():
                 p.requires_grad_(False)
+        elif self._backbone is not None and (is_population_task(task) or task.id in self.base_tasks):
+            freeze_base(self._backbone)  # the backbone's phase ends with this task
 
     def set_task(self, task_id: int | None) -> None:
         key = None if task_id is None else str(int(task_id))
@@ -186,6 +196,12 @@ class AdapterModule(PlasticityModule):
         if not self.enabled or self.active is None or self.active == self.merged:
             return None
         return self.layer_delta(self.tasks[self.active], index, x)
+
+    def delta_dense(self, index: int) -> Tensor | None:
+        """dW of target `index` for the active task (what `.weight` readers see); None = no change."""
+        if not self.enabled or self.active is None or self.active == self.merged:
+            return None
+        return self.dense_delta(self.tasks[self.active], index)
 
     # ------------------------------------------------------------------ disable, merge, forget
     @contextlib.contextmanager
@@ -254,10 +270,34 @@ class AdapterModule(PlasticityModule):
 
     def infer_task(self, x: Tensor, forward: Any) -> Tensor | None:
         backbone = self._backbone
-        if not self.cfg.identify or not len(self.tasks) or not hasattr(backbone, "log_likelihood"):
+        mode = self.cfg.infer
+        if mode == "auto":
+            mode = "likelihood" if hasattr(backbone, "log_likelihood") else "entropy"
+        if mode == "none" or not len(self.tasks):
             return None
-        ids, scores = self.task_scores(x)
-        return torch.tensor(ids, device=x.device)[scores.argmax(1)]
+        if mode == "likelihood":
+            if not hasattr(backbone, "log_likelihood"):
+                raise TypeError(f"{self.name}.infer='likelihood' needs a backbone with log_likelihood(x, out); use 'entropy'")
+            ids, scores = self.task_scores(x)
+            return torch.tensor(ids, device=x.device)[scores.argmax(1)]
+        return self._lowest_entropy(x, forward)
+
+    @torch.no_grad()
+    def _lowest_entropy(self, x: Tensor, forward: Any) -> Tensor:
+        """Per example, the task (its adapter, or the backbone for a task that trained it) whose output has the
+        lowest entropy: SupSup's "entropy" rule (Wortsman et al. 2020) with adapters in place of masks."""
+        from agentlab.plasticity.task_inference import output_entropy
+
+        ids = list(self.base_tasks) + self.people()
+        old = self.active
+        cols = []
+        try:
+            for t in ids:
+                self.active = str(t) if str(t) in self.tasks else None
+                cols.append(output_entropy(forward(x)))
+        finally:
+            self.active = old
+        return torch.tensor(ids, device=x.device)[torch.stack(cols, 1).argmin(1)]
 
     # ------------------------------------------------------------------ accounting
     def state_bytes(self) -> dict[int, int]:
@@ -269,6 +309,13 @@ class AdapterModule(PlasticityModule):
     def scalars(self) -> dict[str, float]:
         per = self.state_bytes()
         return {"people": float(len(per)), "bytes_per_person": float(sum(per.values()) / len(per)) if per else 0.0}
+
+    def get_extra_state(self) -> dict[str, Any]:
+        return {"base_tasks": list(self.base_tasks), "phase_seen": self.phase_seen or bool(len(self.tasks))}
+
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        self.base_tasks = [int(t) for t in state.get("base_tasks", [])]
+        self.phase_seen = bool(state.get("phase_seen", False))
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):  # type: ignore[override]
         # A freshly attached instance has no tasks yet: create the entries the checkpoint names.

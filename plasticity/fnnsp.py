@@ -27,30 +27,28 @@ Axis legend: b = examples, m = modules, u = units per module, t = tasks.
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass
 from typing import Any, Iterator
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from einops import rearrange, repeat
 from torch import Tensor, nn
 
 from agentlab.config import check
-from agentlab.layers import replace_layer
 from agentlab.protocols import PlasticityModule
 from agentlab.registry import BuildEnv, register
+from agentlab.wrapping import CompositionError, LayerTargets, LayerTransform, freeze_base, select_layers, wrap
 
 FREE, DORMANT = -1, -2
 
 
 @dataclass(frozen=True)
-class FNNSPConfig:
-    """Worker-module pools with learned sparse per-task controller masks and structural plasticity."""
+class FNNSPConfig(LayerTargets):
+    """Worker-module pools with learned sparse per-task controller masks and structural plasticity.
 
-    layers: str = ".*"
-    """regular expression over module names: which Linear layers FNNSP manages (the last one is the read-out)"""
+    Of the Linear layers `layers` / `exclude` choose, the last one is the read-out (not split into modules)."""
+
     modules: int = 16
     """worker modules per hidden layer (the layer width must divide by it)"""
     active_modules: int = 6
@@ -63,6 +61,7 @@ class FNNSPConfig:
     """initial logit bias towards reused and designated modules (reconnection)"""
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         check(self.modules >= 2, "modules", self.modules, "an integer >= 2")
         check(1 <= self.active_modules <= self.modules, "active_modules", self.active_modules, f"in [1, modules={self.modules}]")
         check(1 <= self.new_modules_per_task <= self.modules, "new_modules_per_task", self.new_modules_per_task, "in [1, modules]")
@@ -82,12 +81,17 @@ class _GateST(torch.autograd.Function):
         return grad, None
 
 
-class ModularLinear(nn.Module):
-    """A Linear (kept as `base_layer`) whose output units form `modules` gated workers (none for the read-out)."""
+class ModularLinear(LayerTransform):
+    """FNNSP's transform on one Linear: its output units form `modules` gated workers (none for the read-out).
+
+    The gate multiplies the weight's rows and the bias of each module's units, which is the same as
+    gating the layer's output, `(W x + b) ⊙ g = (g ⊙ W) x + g ⊙ b`, but is what `.weight` readers see.
+    """
+
+    base_weight = "any"  # hybrid fine-tuning trains the unprotected entries when the weights are trainable
 
     def __init__(self, base_layer: nn.Linear, modules: int | None) -> None:
         super().__init__()
-        self.base_layer = base_layer
         self.n_modules = modules or 0
         out = base_layer.out_features
         if modules and out % modules:
@@ -118,18 +122,27 @@ class ModularLinear(nn.Module):
             return self.gates[t].float()
         return None
 
-    def forward(self, x: Tensor) -> Tensor:
-        w = torch.where(self.trainable, self.base_layer.weight, self.base_layer.weight.detach())
-        b = self.base_layer.bias
-        if b is not None:
-            b = torch.where(self.row_protect, b.detach(), b)
-        y = F.linear(x, w, b)
+    def _unit_gate(self) -> Tensor | None:
+        """The gate per output unit (o,), or None when every unit is on."""
+        if not self.n_modules or self.gate is None:
+            return None
+        return repeat(self.gate, "m -> (m u)", u=self.base_layer.out_features // self.n_modules)
+
+    def transform_weight(self, w: Tensor) -> Tensor:
+        w = torch.where(self.trainable, w, w.detach())
+        g = self._unit_gate()
+        return w if g is None else w * g[:, None]
+
+    def transform_bias(self, b: Tensor | None) -> Tensor | None:
+        if b is None:
+            return None
+        b = torch.where(self.row_protect, b.detach(), b)
+        g = self._unit_gate()
+        return b if g is None else b * g
+
+    def observe(self, x: Tensor, y: Tensor) -> None:
         if self.n_modules:
-            mod = rearrange(y, "b (m u) -> b m u", m=self.n_modules)
-            self.last_act = mod.detach().abs().mean(-1)
-            if self.gate is not None:
-                y = rearrange(mod * self.gate.view(1, -1, 1), "b m u -> b (m u)")
-        return y
+            self.last_act = rearrange(y.detach().abs(), "... (m u) -> (...) m u", m=self.n_modules).mean(-1)
 
     def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: Any) -> None:
         for key, value in state_dict.items():
@@ -159,17 +172,27 @@ class FNNSP(PlasticityModule):
 
     # ------------------------------------------------------------------ structure
     def attach(self, backbone: nn.Module) -> None:
-        names = [n for n, m in backbone.named_modules() if isinstance(m, nn.Linear) and re.fullmatch(self.cfg.layers, n)]
+        object.__setattr__(self, "_backbone", backbone)  # a reference: the agent owns the backbone
+        names = select_layers(backbone, self.cfg, owner=self.name, kinds=(nn.Linear,))
         if len(names) < 2:
-            raise ValueError(f"fnnsp needs >= 2 Linear layers matching {self.cfg.layers!r}; found {names}")
+            raise CompositionError(f"{self.name} needs >= 2 Linear layers (hidden ones and a read-out); "
+                                   f"{self.name}.layers={self.cfg.layers} chooses {names}")
+        widths = [(backbone.get_submodule(n).in_features, backbone.get_submodule(n).out_features) for n in names]
+        for (a, (_, out)), (b, (inp, _)) in zip(zip(names, widths), zip(names[1:], widths[1:])):
+            if out != inp:  # the protection of weights entry by entry follows units from one layer into the next
+                raise CompositionError(f"{self.name} manages a chain of Linear layers, each reading the previous one's "
+                                       f"units; {a!r} ({out} outputs) does not feed {b!r} ({inp} inputs): choose chained "
+                                       f"layers with {self.name}.layers (an MLP's)")
         for i, n in enumerate(names):
-            base = backbone.get_submodule(n)
+            base = wrap(backbone, n).base_layer
             layer = ModularLinear(base, None if i == len(names) - 1 else self.cfg.modules)
             layer._k = self.cfg.active_modules
             if layer.n_modules:
                 layer.owner[self.cfg.initial_active:] = DORMANT
-            replace_layer(backbone, n, layer)
-            self._layers.append(layer)
+            self._layers.append(wrap(backbone, n).add(self.name, layer))  # type: ignore[arg-type]
+
+    def layer_transforms(self) -> list[nn.Module]:
+        return list(self._layers)
 
     @property
     def hidden(self) -> list[ModularLinear]:
@@ -249,9 +272,14 @@ class FNNSP(PlasticityModule):
         acts = [l.last_act for l in self.hidden if l.last_act is not None]
         if acts:
             a = torch.cat(acts, 1).float()  # (b, modules of all layers)
-            self._corr = np.nan_to_num(np.corrcoef(a.T.cpu().numpy()))
+            with np.errstate(invalid="ignore", divide="ignore"):  # a module gated off all batch long has no variance
+                self._corr = np.nan_to_num(np.corrcoef(a.T.cpu().numpy()))
         for layer in self._layers:
             layer.trainable.fill_(False)
+        # Layers FNNSP does not manage (embeddings, norms) would move under later tasks: fixed once a task depends
+        # on them; its own layers' weights stay trainable entry by entry (hybrid fine-tuning, above).
+        own = [t for layer in self._layers for t in (layer.base_layer.weight, layer.base_layer.bias) if t is not None]
+        freeze_base(self._backbone, keep=own)
 
     def set_task(self, task_id: int | None) -> None:
         for i, layer in enumerate(self.hidden):

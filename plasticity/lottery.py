@@ -19,7 +19,7 @@ attach and trained as a fixed sparse sub-network: it never rewires.
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -30,17 +30,14 @@ from agentlab.config import ConfigError, check
 from agentlab.protocols import PlasticityModule
 from agentlab.registry import BuildEnv, register
 from agentlab.plasticity.sparse_figures import density_scalars, magnitude_histograms, magnitude_images, magnitude_scalars
-from agentlab.plasticity.sparse_layer import FREE, SparseLayer, sparse_bytes, wrap_layers
+from agentlab.plasticity.sparse_layer import FREE, SparseLayer, sparse_bytes
+from agentlab.wrapping import LayerTargets, LayerTransform, attach_transforms, named_base_parameters
 
 
 @dataclass(frozen=True)
-class LotteryConfig:
+class LotteryConfig(LayerTargets):
     """Masks found by iterative magnitude pruning, or a saved ticket trained as a fixed sparse network."""
 
-    layers: list[str] = field(default_factory=lambda: ["*"])
-    """glob patterns of the layers to prune (module names)"""
-    exclude: list[str] = field(default_factory=list)
-    """glob patterns of layers never pruned"""
     scope: Literal["global", "layer"] = "global"
     """rank magnitudes over all pruned layers together, or in each layer apart"""
     prune_fraction: float = 0.2
@@ -53,6 +50,7 @@ class LotteryConfig:
     """module name (TensorBoard prefix plasticity/<name>/)"""
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         check(0 < self.prune_fraction < 1, "prune_fraction", self.prune_fraction, "in (0, 1)")
         check(0 <= self.output_fraction < 1, "output_fraction", self.output_fraction, "in [0, 1)")
         check(not self.ticket or self.ticket.endswith(".pt"), "ticket", self.ticket, "'' or a path ending in .pt")
@@ -81,13 +79,16 @@ class Lottery(PlasticityModule):
 
     # ------------------------------------------------------------------ building
     def attach(self, backbone: nn.Module) -> None:
-        self.layers = wrap_layers(backbone, list(self.cfg.layers), exclude=list(self.cfg.exclude), make=SparseLayer)
+        self.layers = attach_transforms(backbone, self.cfg, self.name, lambda name, base: SparseLayer(base))  # type: ignore[assignment]
         object.__setattr__(self, "backbone", backbone)  # a reference, not a submodule (the agent owns it)
         for layer in self.layers.values():
             layer.owner.fill_(0)  # dense: every connection is active
             layer.changed()
         if self.cfg.ticket:
             load_ticket(self, self.cfg.ticket)
+
+    def layer_transforms(self) -> list[nn.Module]:
+        return list(self.layers.values())
 
     def accounted_tensors(self) -> list[Tensor]:
         return [t for l in self.layers.values() for t in (l.weight, l.owner)]
@@ -96,14 +97,14 @@ class Lottery(PlasticityModule):
     def remember(self) -> None:
         """Keep every backbone parameter's current value as the rewind point."""
         assert self.backbone is not None, "attach first"
-        self.rewind_state = {k: v.detach().clone() for k, v in self.backbone.named_parameters()}
+        self.rewind_state = {k: v.detach().clone() for k, v in named_base_parameters(self.backbone)}
 
     @torch.no_grad()
     def rewind(self) -> None:
         """Every parameter back to the rewind point; pruned connections stay 0."""
         if self.rewind_state is None:
             raise RuntimeError("rewind() before remember(): nothing to rewind to")
-        for k, p in self.backbone.named_parameters():
+        for k, p in named_base_parameters(self.backbone):
             p.copy_(self.rewind_state[k])
         self._zero_pruned()
 
@@ -113,7 +114,7 @@ class Lottery(PlasticityModule):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             for m in self.backbone.modules():
-                if hasattr(m, "reset_parameters") and not isinstance(m, SparseLayer):
+                if hasattr(m, "reset_parameters") and not isinstance(m, LayerTransform):
                     m.reset_parameters()
         self._zero_pruned()
 
@@ -192,7 +193,7 @@ def save_ticket(module: Lottery, path: str | Path) -> Path:
     """Write the masks and the rewind values of every backbone parameter (the ticket: mask + init) to `path` (.pt)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    values = module.rewind_state or {k: v.detach() for k, v in module.backbone.named_parameters()}
+    values = module.rewind_state or {k: v.detach() for k, v in named_base_parameters(module.backbone)}
     torch.save({"masks": module.masks(), "values": {k: v.clone() for k, v in values.items()}, "rounds": module.rounds}, path)
     return path
 
@@ -211,7 +212,7 @@ def load_ticket(module: Lottery, path: str | Path) -> None:
         raise ConfigError(f"lottery ticket {path} is not a file from save_ticket (no masks and values)")
     if set(module.layers) != set(state["masks"]):
         raise ConfigError(f"ticket {path} names layers {sorted(state['masks'])}, the module wraps {sorted(module.layers)}")
-    params = dict(module.backbone.named_parameters())
+    params = dict(named_base_parameters(module.backbone))
     if set(params) != set(state["values"]):
         raise ConfigError(f"ticket {path} holds parameters {sorted(state['values'])}, the backbone has {sorted(params)}")
     for k, p in params.items():

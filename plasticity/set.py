@@ -19,7 +19,7 @@ only into the rows of its own classes when the task names them.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
@@ -30,17 +30,14 @@ from agentlab.protocols import PlasticityModule
 from agentlab.registry import BuildEnv, register
 from agentlab.plasticity.rewire import cosine_zeta, prune_nearest_zero, regrow_gradient, regrow_random
 from agentlab.plasticity.sparse_figures import density_scalars, magnitude_histograms, magnitude_images, magnitude_scalars
-from agentlab.plasticity.sparse_layer import FREE, SparseLayer, erdos_renyi_density, random_positions, sparse_bytes, wrap_layers
+from agentlab.plasticity.sparse_layer import FREE, SparseLayer, erdos_renyi_density, put_flat_, random_positions, sparse_bytes
+from agentlab.wrapping import LayerTargets, attach_transforms
 
 
 @dataclass(frozen=True)
-class SETConfig:
+class SETConfig(LayerTargets):
     """Sparse evolutionary training of the backbone's Linear/Conv2d layers."""
 
-    layers: list[str] = field(default_factory=lambda: ["*"])
-    """glob patterns of the layers to make sparse (module names, e.g. "layers.*")"""
-    exclude: list[str] = field(default_factory=list)
-    """glob patterns of layers to leave dense"""
     epsilon: float = 20.0
     """Erdos-Renyi sparsity parameter: density = eps (n_in + n_out) / (n_in n_out), per task in frozen-and-grow mode"""
     zeta: float = 0.3
@@ -65,12 +62,12 @@ class SETConfig:
     """module name (TensorBoard prefix plasticity/<name>/)"""
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         check(self.epsilon > 0, "epsilon", self.epsilon, "a number > 0")
         check(0 <= self.zeta < 1, "zeta", self.zeta, "in [0, 1)")
         check(self.rewire_every >= 0, "rewire_every", self.rewire_every, "an integer >= 0")
         check(self.zeta_decay_rewirings >= 1, "zeta_decay_rewirings", self.zeta_decay_rewirings, "an integer >= 1")
         check(0 < self.max_task_density <= 1, "max_task_density", self.max_task_density, "in (0, 1]")
-        check(len(self.layers) >= 1, "layers", self.layers, "a non-empty list of glob patterns")
 
 
 def sparse_init_(weight: Tensor, positions: Tensor, density: float, generator: torch.Generator) -> None:
@@ -84,7 +81,7 @@ def sparse_init_(weight: Tensor, positions: Tensor, density: float, generator: t
     bound = 1.0 / math.sqrt(max(density * fan_in, 1.0))
     vals = (torch.rand(positions.numel(), generator=generator) * 2 - 1) * bound
     with torch.no_grad():
-        weight.view(-1)[positions] = vals.to(weight.device, weight.dtype)
+        put_flat_(weight, positions, vals.to(weight.device, weight.dtype))
 
 
 class SET(PlasticityModule):
@@ -106,8 +103,8 @@ class SET(PlasticityModule):
 
     # ------------------------------------------------------------------ building
     def attach(self, backbone: nn.Module) -> None:
-        make = lambda m: SparseLayer(m, freeze_per_task=self.cfg.freeze_per_task)
-        self.layers = wrap_layers(backbone, list(self.cfg.layers), exclude=list(self.cfg.exclude), make=make)
+        make = lambda name, base: SparseLayer(base, freeze_per_task=self.cfg.freeze_per_task, rewires=self.cfg.zeta > 0)
+        self.layers = attach_transforms(backbone, self.cfg, self.name, make)  # type: ignore[assignment]
         for layer in self.layers.values():
             layer.keep_grad = self.cfg.regrowth == "gradient"
             with torch.no_grad():
@@ -115,6 +112,9 @@ class SET(PlasticityModule):
         if not self.cfg.freeze_per_task:
             for name in self.layers:
                 self._allocate(name, 0, None)
+
+    def layer_transforms(self) -> list[nn.Module]:
+        return list(self.layers.values())
 
     def accounted_tensors(self) -> list[Tensor]:
         """Tensors the ledger should count as this module's (their sparse form is in `state_bytes`)."""
@@ -221,7 +221,7 @@ class SET(PlasticityModule):
             if self.cfg.regrow_init == "random":
                 sparse_init_(w, grown, max(layer.density(), 1e-6), self.generator)
             else:
-                w.view(-1)[grown] = 0.0
+                put_flat_(w, grown, 0.0)
             layer.changed()
             counts[name] = (n, int(grown.numel()))
         self.rewirings += 1

@@ -1,8 +1,9 @@
-"""A connectivity-masked wrapper for `Linear` and `Conv2d` layers, shared by SET and lottery tickets.
+"""A connectivity mask on `Linear` and `Conv2d` layers, shared by SET and lottery tickets.
 
-The wrapper keeps the original layer as `base_layer` (PEFT style) and one buffer,
+`SparseLayer` is the transform SET and a lottery ticket register on a wrapped layer
+(`agentlab.wrapping.WrappedLayer`, the original kept as `base_layer`). It holds one buffer,
 `owner` (same shape as the weight, int16): -1 marks a free position, t >= 0 a
-connection that task t owns. The forward pass uses the weight times a 0/1 mask:
+connection that task t owns. The effective weight is the incoming one times a 0/1 mask:
 
     single sub-network:   mask = owner >= 0
     frozen-and-grow:      mask = (owner >= 0) & (owner <= view)       (task `view` sees tasks 0..view)
@@ -18,15 +19,13 @@ Axes: o = output units / channels, i = inputs (in_features or in_channels*kh*kw)
 
 from __future__ import annotations
 
-import fnmatch
 import math
-from typing import Callable, Iterator
+from typing import Iterator
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from agentlab.layers import replace_layer
+from agentlab.wrapping import LayerTransform, WrappedLayer
 
 FREE = -1
 VALUE_BYTES = 4  # float32 value of a stored connection
@@ -42,6 +41,12 @@ def erdos_renyi_density(shape: torch.Size | tuple[int, ...], epsilon: float) -> 
     return min(1.0, epsilon * sum(shape) / math.prod(shape))
 
 
+def put_flat_(t: Tensor, positions: Tensor, values: Tensor | float) -> None:
+    """t[positions] = values for flat positions in row-major order, whatever t's memory layout (a channels-last
+    convolution kernel has no flat view)."""
+    t[torch.unravel_index(positions.to(t.device), t.shape)] = values
+
+
 def random_positions(candidates: Tensor, n: int, generator: torch.Generator | None) -> Tensor:
     """Flat indices of `n` positions drawn uniformly without replacement where `candidates` (bool) is True."""
     idx = candidates.flatten().nonzero().squeeze(1)
@@ -54,17 +59,20 @@ def random_positions(candidates: Tensor, n: int, generator: torch.Generator | No
     return idx[pick]
 
 
-class SparseLayer(nn.Module):
-    """A Linear or Conv2d whose connections are owned by tasks; see the module docstring."""
+class SparseLayer(LayerTransform):
+    """Task-owned connections of one Linear or Conv2d; see the module docstring."""
 
-    def __init__(self, base_layer: nn.Module, *, freeze_per_task: bool = False) -> None:
+    def __init__(self, base_layer: nn.Module, *, freeze_per_task: bool = False, rewires: bool = True) -> None:
         super().__init__()
         if not isinstance(base_layer, (nn.Linear, nn.Conv2d)):
-            raise TypeError(f"SparseLayer wraps nn.Linear or nn.Conv2d, got {type(base_layer).__name__}")
+            raise TypeError(f"SparseLayer works on nn.Linear or nn.Conv2d, got {type(base_layer).__name__}")
         if isinstance(base_layer, nn.Conv2d) and base_layer.groups != 1:
             raise ValueError("SparseLayer supports Conv2d with groups=1 only")
-        self.base_layer = base_layer
         self.freeze_per_task = freeze_per_task
+        # SET's rewiring and per-task growth, and IMP's rewinding, change the base weight itself
+        self.base_weight = "trained" if rewires or freeze_per_task else "any"
+        self.base_weight_reason = ("it grows and trains connections per task" if freeze_per_task else
+                                   "it prunes and regrows connections by weight magnitude")
         self.register_buffer("owner", torch.full(base_layer.weight.shape, FREE, dtype=torch.int16))
         self.view: int | None = None  # task whose sub-network the forward uses (None = every connection)
         self.train_task: int | None = None  # task whose connections receive gradients (frozen-and-grow)
@@ -75,10 +83,6 @@ class SparseLayer(nn.Module):
         self.dense_grad: Tensor | None = None
 
     # ------------------------------------------------------------------ masks
-    @property
-    def weight(self) -> nn.Parameter:
-        return self.base_layer.weight
-
     def changed(self) -> None:
         """Call after editing `owner` so the cached mask is rebuilt."""
         self._version += 1
@@ -109,26 +113,24 @@ class SparseLayer(nn.Module):
             return self.owner == self.train_task
         return self.owner >= 0
 
-    def masked_weight(self) -> Tensor:
-        """The weight the forward uses; frozen connections enter detached (no gradient)."""
+    def masked_weight(self, w: Tensor | None = None) -> Tensor:
+        """The weight `w` (default: the base weight) with this mask; frozen connections enter detached."""
+        w = self.weight if w is None else w
         mine, frozen = self.mask()
-        w = self.weight * mine
+        out = w * mine
         if frozen is not None:
-            w = w + (self.weight * frozen).detach()
-        return w
+            out = out + (w * frozen).detach()
+        return out
 
     def _store_grad(self, grad: Tensor) -> None:
         self.dense_grad = grad.detach()  # the last step's gradient w.r.t. the effective weight (dense)
 
-    # ------------------------------------------------------------------ forward
-    def forward(self, x: Tensor) -> Tensor:
-        w = self.masked_weight()
-        if self.keep_grad and w.requires_grad:
-            w.register_hook(self._store_grad)
-        layer = self.base_layer
-        if isinstance(layer, nn.Linear):
-            return F.linear(x, w, layer.bias)  # (B, o)
-        return F.conv2d(x, w, layer.bias, layer.stride, layer.padding, layer.dilation, layer.groups)
+    # ------------------------------------------------------------------ the transform
+    def transform_weight(self, w: Tensor) -> Tensor:
+        out = self.masked_weight(w)
+        if self.keep_grad and out.requires_grad and torch.is_grad_enabled():
+            out.register_hook(self._store_grad)
+        return out
 
     # ------------------------------------------------------------------ counts
     def n_connections(self) -> int:
@@ -150,33 +152,13 @@ class SparseLayer(nn.Module):
         return f"density={self.density():.4f}, freeze_per_task={self.freeze_per_task}"
 
 
-def find_layers(backbone: nn.Module, patterns: list[str], *, exclude: list[str] = ()) -> list[str]:
-    """Names of Linear/Conv2d modules in `backbone` matching any glob in `patterns` and none in `exclude`."""
-    names = [n for n, m in backbone.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d)) and n]
-    keep = [n for n in names if any(fnmatch.fnmatchcase(n, p) for p in patterns)]
-    return [n for n in keep if not any(fnmatch.fnmatchcase(n, p) for p in exclude)]
-
-
-def wrap_layers(
-    backbone: nn.Module, patterns: list[str], *, exclude: list[str] = (), make: Callable[[nn.Module], SparseLayer]
-) -> dict[str, SparseLayer]:
-    """Replace every matching layer of `backbone` by `make(layer)`; returns {name: wrapper} in module order."""
-    names = find_layers(backbone, patterns, exclude=exclude)
-    if not names:
-        found = [n for n, m in backbone.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d)) and n]
-        raise ValueError(f"no Linear/Conv2d layer matches {patterns} (excluding {list(exclude)}); layers: {found}")
-    out = {}
-    for n in names:
-        w = make(backbone.get_submodule(n))
-        replace_layer(backbone, n, w)
-        out[n] = w
-    return out
-
-
-def iter_sparse(backbone: nn.Module) -> Iterator[tuple[str, SparseLayer]]:
+def iter_sparse(backbone: nn.Module, owner: str | None = None) -> Iterator[tuple[str, SparseLayer]]:
+    """(wrapped layer name, SparseLayer) of every sparse transform in `backbone` (of one module when `owner`)."""
     for n, m in backbone.named_modules():
-        if isinstance(m, SparseLayer):
-            yield n, m
+        if isinstance(m, WrappedLayer):
+            for name, t in m.transforms.items():
+                if isinstance(t, SparseLayer) and (owner is None or name == owner):
+                    yield n, t
 
 
 def sparse_bytes(nnz: int, rows: int) -> int:

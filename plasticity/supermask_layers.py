@@ -1,8 +1,10 @@
 """Layer wrappers of SupSup (Wortsman et al. 2020, "Supermasks in Superposition").
 
-A wrapped `Linear` or `Conv2d` keeps its original as `base_layer`, with fixed random
-weights W that are never trained. Task t uses W ⊙ M_t, where M_t is a binary
-supermask learned through real-valued scores S_t:
+`SupermaskLayer` is SupSup's transform on a wrapped `Linear` or `Conv2d`
+(`agentlab.wrapping.WrappedLayer`): the base layer's weights W are fixed and never
+trained. Task t uses W ⊙ M_t, where M_t is a binary supermask learned through
+real-valued scores S_t (W here is the weight after the transforms before SupSup's,
+e.g. SET's sparse one):
 
     training task t     M_t = top-k%(|S_t|) (or S_t >= 0), straight-through gradient to S_t
     frozen task t       M_t unpacked from 1 bit per weight (`agentlab.plasticity.bitpack`)
@@ -27,11 +29,11 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
-import torch.nn.functional as F
 from einops import einsum, rearrange
 from torch import Tensor, nn
 
 from agentlab.plasticity.bitpack import pack_bits, packed_size, unpack_bits
+from agentlab.wrapping import LayerTransform
 
 MaskRule = Literal["topk", "threshold"]
 
@@ -97,17 +99,19 @@ def signed_constant_(weight: Tensor, *, density: float, scale_fan: bool) -> None
 # ---------------------------------------------------------------------------- weight layers
 
 
-class SupermaskLayer(nn.Module):
-    """A `Linear` or `Conv2d` with fixed weights and one supermask per task.
+class SupermaskLayer(LayerTransform):
+    """SupSup's transform on one `Linear` or `Conv2d`: fixed weights, one supermask per task.
 
     Per-task state: `scores[str(t)]` (float, trainable) while task t trains, then
     the buffer `mask_<t>` (uint8, 1 bit per weight) once it is frozen.
     """
 
-    def __init__(self, base_layer: nn.Linear | nn.Conv2d, ctx: MaskContext, *, rule: MaskRule, density: float,
-                 cache_size: int = 8, stack_cache_bytes: int = 0) -> None:
+    base_weight = "fixed"
+    base_weight_reason = "its supermasks select from fixed random weights"
+
+    def __init__(self, ctx: MaskContext, *, rule: MaskRule, density: float, cache_size: int = 8,
+                 stack_cache_bytes: int = 0) -> None:
         super().__init__()
-        self.base_layer = base_layer
         self.ctx = ctx
         self.rule: MaskRule = rule
         self.density = density
@@ -121,14 +125,8 @@ class SupermaskLayer(nn.Module):
         self._stacks_of: tuple[int, ...] = ()
         self.stack_cache_bytes = stack_cache_bytes
         self.soft_mask: Tensor | None = None  # (B, o, i) per-example masks set by Hopfield recovery
-        for p in base_layer.parameters():
-            p.requires_grad_(False)
 
     # ---------------------------------------------------------------- per-task state
-    @property
-    def weight(self) -> Tensor:
-        return self.base_layer.weight
-
     def add_task(self, t: int) -> None:
         """Fresh scores for task t, Kaiming-uniform as the reference initialises them."""
         s = torch.empty_like(self.weight)
@@ -194,61 +192,64 @@ class SupermaskLayer(nn.Module):
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
 
     # ---------------------------------------------------------------- computing
-    def _apply_weight(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-        if isinstance(self.base_layer, nn.Conv2d):
-            return self.base_layer._conv_forward(x, weight, bias)
-        return F.linear(x, weight, bias)
-
-    def forward(self, x: Tensor) -> Tensor:
+    def transform_weight(self, w: Tensor) -> Tensor:
         c = self.ctx
-        if c.mode == "superpose":
-            return self._superposed(x)
         if c.mode == "task" and c.task is not None and self.has_task(c.task):
-            return self._apply_weight(x, self.weight * self.mask(c.task), self.base_layer.bias)
-        return self.base_layer(x)
+            return w * self.mask(c.task)
+        return w
 
-    def _superposed(self, x: Tensor, chunk: int = 32) -> Tensor:
-        """y_b = Σ_i α_{b,i} (W ⊙ M_i) x_b + bias: per-example coefficients, so d entropy_b / d α_b is exact."""
+    def superposed(self, x: Tensor, w: Tensor, b: Tensor | None, after: Any, after_bias: Any) -> Tensor | None:
+        """y_b = Σ_i α_{b,i} (W ⊙ M_i) x_b + bias: per-example coefficients, so d entropy_b / d α_b is exact.
+
+        `after` applies the transforms that follow SupSup's on this layer to each stacked weight.
+        """
+        if self.ctx.mode != "superpose":
+            return None
         alpha = self.ctx.alpha  # (B, k)
         assert alpha is not None
+        bias = after_bias(b)
         if self.soft_mask is not None:  # one free mask per example (Linear only): y_b = (W ⊙ m_b) x_b
-            y = einsum(self.weight * self.soft_mask, x, "b o i, b i -> b o")
-            return y + self.base_layer.bias if self.base_layer.bias is not None else y
+            y = einsum(after(w * self.soft_mask), x, "b o i, b i -> b o")
+            return y + bias if bias is not None else y
+        # The stacks are cached only when they are W ⊙ M_i of the base weight with nothing after them.
+        plain = w is self.weight and after(w) is w
         y = None
+        chunk = 32
         for start in range(0, len(self.ctx.tasks), chunk):
             tasks = self.ctx.tasks[start : start + chunk]
-            w = self._stacked(tuple(tasks))  # (k, o, i[, h, w])
-            z = self._apply_weight(x, rearrange(w, "k o ... -> (k o) ..."), None)
+            ws = self._stacked(tuple(tasks), w, cache=plain)  # (k, o, i[, h, w])
+            if not plain:
+                ws = after(ws)
+            z = self.layer._product(x, rearrange(ws, "k o ... -> (k o) ..."), None)
             if isinstance(self.base_layer, nn.Conv2d):
                 z = rearrange(z, "b (k o) h w -> b k o h w", k=len(tasks))
             else:
                 z = rearrange(z, "b ... (k o) -> b k ... o", k=len(tasks))
             part = einsum(alpha[:, start : start + len(tasks)], z, "b k, b k ... -> b ...")
             y = part if y is None else y + part
-        bias = self.base_layer.bias
         if bias is not None:
             y = y + (bias.view(-1, 1, 1) if isinstance(self.base_layer, nn.Conv2d) else bias)
         return y
 
-    def _stacked(self, tasks: tuple[int, ...]) -> Tensor:
+    def _stacked(self, tasks: tuple[int, ...], w: Tensor, *, cache: bool) -> Tensor:
         """W ⊙ M_i for each task of one superposition chunk, (k, o, i[, h, w]).
 
         Kept while the whole candidate list is unchanged and the stacks fit `stack_cache_bytes`
         (first come, first kept: an LRU would evict the chunk needed next, as chunks are visited
         in order). A task still training is never cached (its mask moves with its scores).
         """
-        hit = self._stacks.get(tasks)
-        if hit is not None and hit.device == self.weight.device and hit.dtype == self.weight.dtype:
+        hit = self._stacks.get(tasks) if cache else None
+        if hit is not None and hit.device == w.device and hit.dtype == w.dtype:
             return hit
-        w = torch.stack([self.weight * self.mask(t) for t in tasks])
-        if all(t in self.frozen for t in tasks) and self.stack_cache_bytes > 0:
+        stack = torch.stack([w * self.mask(t) for t in tasks])
+        if cache and all(t in self.frozen for t in tasks) and self.stack_cache_bytes > 0:
             every = tuple(self.ctx.tasks)
             if every != self._stacks_of:
                 self._stacks, self._stacks_of = {}, every
             held = sum(v.numel() * v.element_size() for v in self._stacks.values())
-            if held + w.numel() * w.element_size() <= self.stack_cache_bytes:
-                self._stacks[tasks] = w
-        return w
+            if held + stack.numel() * stack.element_size() <= self.stack_cache_bytes:
+                self._stacks[tasks] = stack
+        return stack
 
 
 # ---------------------------------------------------------------------------- batch norm
@@ -262,6 +263,7 @@ class TaskBatchNorm(nn.Module):
         self.base_layer = base_layer
         self.ctx = ctx
         self.per_task = nn.ModuleDict()
+        self.enabled = True
         for p in base_layer.parameters():
             p.requires_grad_(False)
 
@@ -294,6 +296,8 @@ class TaskBatchNorm(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         c = self.ctx
+        if not self.enabled:
+            return self.base_layer(x)
         if c.mode == "superpose":
             # Σ_i α_{b,i} BN_i(x_b) with each task's running statistics (eval-mode normalisation).
             alpha = c.alpha  # (B, k)

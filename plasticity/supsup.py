@@ -1,6 +1,6 @@
 """SupSup: one binary supermask per task over fixed random weights (Wortsman et al., NeurIPS 2020).
 
-    attach          wrap Linear/Conv2d layers whose name matches `layers` (weights re-drawn as
+    attach          wrap the Linear/Conv2d layers `layers` / `exclude` choose (weights re-drawn as
                     signed constants and frozen) and every BatchNorm (per-task, non-affine)
     on_task_start   fresh scores for the task; only they train
     on_task_end     mask = top-k%(|scores|), packed 1 bit per weight; scores dropped;
@@ -14,7 +14,6 @@ Old tasks cannot be forgotten: their masks are frozen bits and the weights never
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Any, Iterator, Literal
 
@@ -29,14 +28,13 @@ from agentlab.plasticity.supermask_layers import MaskContext, SupermaskLayer, Ta
 from agentlab.plasticity.task_inference import g_objective, infer_tasks, output_entropy
 from agentlab.protocols import PlasticityModule
 from agentlab.registry import BuildEnv, register
+from agentlab.wrapping import LayerTargets, freeze_base, select_layers, wrap
 
 
 @dataclass(frozen=True)
-class SupSupConfig:
+class SupSupConfig(LayerTargets):
     """Supermasks in superposition: per-task binary masks over fixed random weights."""
 
-    layers: str = ".*"
-    """regular expression over module names: which Linear / Conv2d layers get supermasks"""
     density: float = 0.5
     """fraction of weights each task's top-k mask keeps (rule "topk")"""
     rule: Literal["topk", "threshold"] = "topk"
@@ -70,6 +68,7 @@ class SupSupConfig:
     """seed of the fixed random weights and scores; -1 = the run seed"""
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         check(0.0 < self.density <= 1.0, "density", self.density, "in (0, 1]")
         check(self.real_outputs >= 1, "real_outputs", self.real_outputs, "an integer >= 1")
         check(self.infer_group >= 0, "infer_group", self.infer_group, "an integer >= 0")
@@ -78,10 +77,6 @@ class SupSupConfig:
         check(0.0 <= self.hopfield_noise < 0.5, "hopfield_noise", self.hopfield_noise, "in [0, 0.5)")
         check(self.hopfield_steps >= 1, "hopfield_steps", self.hopfield_steps, "an integer >= 1")
         check(self.infer != "hopfield" or self.hopfield, "infer", self.infer, "'oneshot', 'binary' or 'entropy' unless hopfield = true")
-        try:
-            re.compile(self.layers)
-        except re.error as e:
-            check(False, "layers", self.layers, f"a valid regular expression ({e})")
 
 
 def score_seed(seed: int, task_id: int) -> int:
@@ -108,26 +103,26 @@ class SupSup(PlasticityModule):
 
     # ------------------------------------------------------------------ structure
     def attach(self, backbone: nn.Module) -> None:
-        g = torch.random.fork_rng(devices=[])
-        with g:
+        chosen = set(select_layers(backbone, self.cfg, owner=self.name))
+        with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
             for name, mod in list(backbone.named_modules()):
-                if isinstance(mod, (nn.Linear, nn.Conv2d)) and re.fullmatch(self.cfg.layers, name):
+                if name in chosen:
+                    layer = wrap(backbone, name)
+                    base = layer.base_layer
                     if self.cfg.init == "signed_constant":
-                        signed_constant_(mod.weight, density=self.cfg.density, scale_fan=self.cfg.scale_fan)
+                        signed_constant_(base.weight, density=self.cfg.density, scale_fan=self.cfg.scale_fan)
                     elif self.cfg.init == "kaiming_normal":
-                        nn.init.kaiming_normal_(mod.weight)
-                    layer = SupermaskLayer(mod, self.ctx, rule=self.cfg.rule, density=self.cfg.density,
-                                           stack_cache_bytes=int(self.cfg.stack_cache_mb * 2**20))
-                    replace_layer(backbone, name, layer)
-                    self._layers[name] = layer
+                        nn.init.kaiming_normal_(base.weight)
+                    self._layers[name] = layer.add(self.name, SupermaskLayer(
+                        self.ctx, rule=self.cfg.rule, density=self.cfg.density,
+                        stack_cache_bytes=int(self.cfg.stack_cache_mb * 2**20)))  # type: ignore[assignment]
+                    for p in base.parameters():
+                        p.requires_grad_(False)
                 elif isinstance(mod, nn.modules.batchnorm._BatchNorm):
                     norm = TaskBatchNorm(mod, self.ctx)
                     replace_layer(backbone, name, norm)
                     self._norms[name] = norm
-        if not self._layers:
-            found = [n for n, m in backbone.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
-            raise ValueError(f"supsup.layers={self.cfg.layers!r} matches no Linear/Conv2d layer; layers: {found}")
         if self.cfg.hopfield:
             linear = {n: l for n, l in self._layers.items() if isinstance(l.base_layer, nn.Linear)}
             name = self.cfg.hopfield_layer or min(linear, key=lambda n: linear[n].weight.numel(), default="")
@@ -141,9 +136,15 @@ class SupSup(PlasticityModule):
                 )
             self._hop_name = name
             self.store = HopfieldMaskStore(d)
+        # Supermasks select from a fixed random network: nothing else of the backbone may learn either, or old
+        # tasks' outputs would move (layers SupSup cannot mask, an LSTM's or an embedding's, stay as initialised).
+        freeze_base(backbone)
 
     def _wrappers(self) -> list[SupermaskLayer | TaskBatchNorm]:
         return [*self._layers.values(), *self._norms.values()]
+
+    def layer_transforms(self) -> list[nn.Module]:
+        return self._wrappers()
 
     @property
     def tasks(self) -> list[int]:

@@ -6,10 +6,9 @@ Axis legend: B batch, N = 49 tokens, D token dim, E key dim, C classes.
                   -> MiniRAG: retrieve k stored episodes by key, cross-attend     (B, N, D)
                   -> mean over tokens -> linear                                   (B, C)
 
-During training each batch's tokens, keys and labels are written to the store
-(`MiniRAG.extra_loss` receives the batch and its labels; the forward pass leaves
-the batch's tokens with the module as `pending`), so later tasks can retrieve
-episodes of earlier ones. The store is bounded (`capacity`) and evicts by LRU.
+During training the forward pass hands each batch's keys and tokens to the store
+(`MiniRAG.remember`), and after the step the agent writes them with their labels
+(`MiniRAG.observe`), so later tasks can retrieve episodes of earlier ones. The store is bounded (`capacity`) and evicts by LRU.
 """
 
 from __future__ import annotations
@@ -63,7 +62,7 @@ class RAGClassifier(nn.Module):
         key = self.tokenizer.pooler(t.quantized, t.mask)  # (B, E)
         fused, _ = self.rag(t.quantized, RAGState(key.detach(), None))  # (B, N, D)
         if self.training:
-            self.rag.pending = (key.detach(), t.codes.detach())
+            self.rag.remember(key, t.codes)  # written with their labels by the agent after the step (`observe`)
         return self.head(reduce(fused, "b n d -> b d", "mean"))  # (B, C); the codebook itself learns by EMA
 
 

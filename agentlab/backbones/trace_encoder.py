@@ -70,6 +70,8 @@ class Block(nn.Module):
 class TraceEncoder(nn.Module):
     """Causal transformer over packed traces x (b, l, X_CHANNELS) -> `TraceOutput`."""
 
+    head_name = "action_head"  # a memory attached at "head" reads the token states the next-action head reads
+
     def __init__(self, *, d_model: int = 64, n_layers: int = 2, n_heads: int = 4, ff_mult: int = 2,
                  max_len: int = 32, dropout: float = 0.0) -> None:
         super().__init__()

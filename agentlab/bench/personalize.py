@@ -32,6 +32,9 @@ from agentlab.registry import BuildEnv
 from agentlab.task import LazyStream, Task
 
 KB = 1024
+# the trace encoder's conditioning and head layers, the layers every adapter of the personalization benchmark adapts
+TRACE_LAYERS = ["cond", "action_head", "time_head", "error_head"]
+# the people streams here start with a person (the population model is pre-trained apart): no task trains the backbone
 
 
 def _sizes(quick: bool) -> dict[str, int]:
@@ -49,13 +52,13 @@ def adapter_factories(seed: int) -> dict[str, Callable[[], Any]]:
     from agentlab.plasticity.pranc import PRANC, PRANCConfig
 
     return {
-        "lora": lambda: LoRA(LoRAConfig(rank=4, alpha=8.0, seed=seed)),
+        "lora": lambda: LoRA(LoRAConfig(rank=4, alpha=8.0, seed=seed, layers=TRACE_LAYERS, backbone_phase="population")),
         # PRANC regenerates k x D random numbers twice per step; over the three heads (D = 1,664) rather
         # than also `cond` (D = 9,856) it personalizes in a few seconds on a shared CPU. Next-action
         # accuracy depends on action_head alone, so this costs PRANC nothing on the headline figure.
-        "pranc": lambda: PRANC(PRANCConfig(k=240, seed=seed, target_modules=["action_head", "time_head", "error_head"])),
-        "nola": lambda: NOLA(NOLAConfig(rank=4, alpha=8.0, k_a=30, k_b=30, seed=seed)),
-        "mcnc": lambda: MCNC(MCNCConfig(k=239, seed=seed)),
+        "pranc": lambda: PRANC(PRANCConfig(k=240, seed=seed, layers=["action_head", "time_head", "error_head"], backbone_phase="population")),
+        "nola": lambda: NOLA(NOLAConfig(rank=4, alpha=8.0, k_a=30, k_b=30, seed=seed, layers=TRACE_LAYERS, backbone_phase="population")),
+        "mcnc": lambda: MCNC(MCNCConfig(k=239, seed=seed, layers=TRACE_LAYERS, backbone_phase="population")),
     }
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 from agentlab.commands.common import add_data_root, add_device, add_threads
@@ -61,7 +62,8 @@ def main(args: argparse.Namespace) -> int:
     wall = time.perf_counter() - t0
     mode = "quick" if args.quick else "full"
     body = {"bench": args.name, "mode": mode, "metrics": result.metrics, "rows": result.rows, "goals": result.goals,
-            "notes": result.notes, "wall_s": wall, "seed": args.seed, "device": _device_name(bargs.device), "versions": package_versions()}
+            "notes": result.notes, "wall_s": wall, "seed": args.seed, "device": _device_name(bargs.device), "versions": package_versions(),
+            "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     stem = f"{args.name}{'-quick' if args.quick else ''}{f'-seed{args.seed}' if args.seed else ''}"  # seeds never overwrite each other
     if only:  # a partial result never overwrites the whole benchmark's JSON
         stem += "-only-" + "+".join(p.replace("/", "-") for p in only)

@@ -46,7 +46,7 @@ def train_split(
                 losses = step_fn(batch, optimizer)
             else:
                 losses = supervised_step(agent, batch, optimizer, cfg, task, classes_by_task)
-            agent.after_step(ctx.global_step)
+            agent.after_step(ctx.global_step, batch)
             ctx.step(losses, len(batch))
             schedule.after_step(losses["total"])
             total, n = total + losses["total"], n + 1

@@ -81,8 +81,10 @@ def test_scalars_images_and_bytes():
 
 def test_registry_builds_memory_and_backbones():
     env = BuildEnv()
-    mem = build("memory", {"name": "dnc", "input_size": 5, "output_size": 3, "memory_size": 4, "word_size": 2}, env)
-    assert isinstance(mem, DNC)
+    mem = build("memory", {"name": "dnc", "output_size": 3, "memory_size": 4, "word_size": 2}, env)
+    assert mem.bind(5) == 5 and isinstance(mem.core, DNC)  # residual fusion keeps the features' width
+    y, state = mem.read(torch.randn(2, 7, 5), mem.initial_state(2))
+    assert y.shape == (2, 7, 5) and state.access.memory.shape == (2, 4, 2)
     from agentlab.scenarios.algorithmic import AlgorithmicConfig, algorithmic_stream
 
     env.stream = algorithmic_stream(AlgorithmicConfig(bits=4, max_len=3, gen_max_len=0, n_eval=2))

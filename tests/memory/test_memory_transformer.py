@@ -15,7 +15,7 @@ def _model(**kw):
 
 def test_default_slots_and_registry():
     m = registry.build("memory", {"name": "memory_transformer"}, registry.BuildEnv())
-    assert m.cfg.slots == 500 and isinstance(m, MemoryTransformer)
+    assert m.cfg.slots == 500 and m.bind(64) == 64 and isinstance(m.core, MemoryTransformer)
     st = m.initial_state(3)
     assert st.keys.shape == (3, 500, 128) and st.usage.shape == (3, 500) and not st.written.any()
 

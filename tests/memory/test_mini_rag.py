@@ -112,9 +112,7 @@ def test_corrupt_file_gives_clear_error_and_loses_nothing(tmp_path, damage):
 def test_mini_rag_module_fuses_retrieved_tokens_and_reports():
     torch.manual_seed(0)
     cfg = MiniRAGConfig(capacity=8, key_dim=4, max_tokens=5, num_codes=16, dim=8, k=2, heads=2)
-    m = registry.build("memory", {"name": "mini_rag", "capacity": 8, "key_dim": 4, "max_tokens": 5, "num_codes": 16,
-                                  "dim": 8, "k": 2, "heads": 2}, registry.BuildEnv())
-    assert isinstance(m, MiniRAG) and m.cfg == cfg
+    m = MiniRAG(cfg)
     x = torch.randn(3, 6, 8)
     y, st = m(x, m.initial_state(3))
     assert torch.equal(y, x) and st.retrieved_slots is None  # empty store: pass-through
@@ -129,6 +127,23 @@ def test_mini_rag_module_fuses_retrieved_tokens_and_reports():
     assert sc["occupancy"] == 1.0 and sc["capacity"] == 8 and "hit_rate" in sc and "retrieval_latency_ms" in sc
     m.reset()
     assert len(m.store) == 0
+
+
+def test_attached_mini_rag_writes_labelled_features_and_reads_them_by_cross_attention():
+    torch.manual_seed(0)
+    m = registry.build("memory", {"name": "mini_rag", "capacity": 8, "key_dim": 4, "num_labels": 3, "k": 2}, registry.BuildEnv())
+    assert m.bind(6) == 6 and m.fuse_kind == "cross_attention"
+    h = torch.randn(5, 6)
+    y, _ = m.read(h, None)
+    assert torch.equal(y, h) and len(m.store) == 0  # empty store: the features pass through
+    m.observe(h, torch.tensor([0, 1, 2, 0, 1]), torch.zeros(5, dtype=torch.long))
+    assert len(m.store) == 5 and sorted(m.store.labels[:5].tolist()) == [0, 0, 1, 1, 2]
+    with torch.no_grad():
+        m.fusion.gate.fill_(1.0)  # past its identity start
+    y, _ = m.read(h, None)
+    assert y.shape == h.shape and not torch.allclose(y, h)
+    y.sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in (m.fusion.attn.q_proj_weight, m.fusion.gate))
 
 
 def test_state_dict_round_trip_keeps_store():

@@ -25,10 +25,10 @@ from agentlab.scenarios.traces.simulator import draw_traits, simulate_person
 REPO = Path(__file__).resolve().parents[2]
 TARGETS = ["cond", "action_head", "time_head", "blocks.1.ff.2"]
 KINDS = {
-    "lora": lambda: LoRA(LoRAConfig(target_modules=TARGETS, rank=2)),
-    "nola": lambda: NOLA(NOLAConfig(target_modules=TARGETS, rank=2, k_a=8, k_b=8, chunk=3)),
-    "pranc": lambda: PRANC(PRANCConfig(target_modules=TARGETS, k=20, chunk=7)),
-    "mcnc": lambda: MCNC(MCNCConfig(target_modules=TARGETS, k=12, hidden=8)),
+    "lora": lambda: LoRA(LoRAConfig(layers=TARGETS, backbone_phase="population", rank=2)),
+    "nola": lambda: NOLA(NOLAConfig(layers=TARGETS, backbone_phase="population", rank=2, k_a=8, k_b=8, chunk=3)),
+    "pranc": lambda: PRANC(PRANCConfig(layers=TARGETS, backbone_phase="population", k=20, chunk=7)),
+    "mcnc": lambda: MCNC(MCNCConfig(layers=TARGETS, backbone_phase="population", k=12, hidden=8)),
 }
 
 

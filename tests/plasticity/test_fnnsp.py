@@ -7,6 +7,7 @@ import copy
 import torch
 from torch import nn
 
+from agentlab.wrapping import WrappedLayer
 from agentlab.agent import Agent
 from agentlab.context import FitContext
 from agentlab.data import Split
@@ -50,7 +51,8 @@ def train(agent: Agent, task: Task) -> None:
 def test_no_task_state_is_the_plain_layer():
     agent = make_agent()
     x = torch.randn(5, 20)
-    plain = nn.Sequential(*[m.base_layer if isinstance(m, ModularLinear) else m for m in agent.backbone])
+    assert sum(isinstance(m, WrappedLayer) and isinstance(m.transform("fnnsp"), ModularLinear) for m in agent.backbone) == 3
+    plain = nn.Sequential(*[m.base_layer if isinstance(m, WrappedLayer) else m for m in agent.backbone])
     assert torch.equal(agent(x, task_id=None), plain(x))
     assert torch.equal(agent(x, task_id=7), plain(x))
 

@@ -18,6 +18,7 @@ from agentlab.plasticity.bitpack import pack_bits, packed_size, unpack_bits
 from agentlab.plasticity.supermask_layers import SupermaskLayer, TaskBatchNorm
 from agentlab.plasticity.supsup import SupSup, SupSupConfig
 from agentlab.plasticity.task_inference import alpha_gradient
+from agentlab.wrapping import WrappedLayer
 from tests_helpers import permuted_stream
 
 
@@ -69,7 +70,8 @@ def test_no_task_state_is_the_plain_layer():
     net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 5))
     sup = SupSup(SupSupConfig())
     sup.attach(net)
-    assert isinstance(net[0], SupermaskLayer) and isinstance(net[1], TaskBatchNorm)
+    assert isinstance(net[0], WrappedLayer) and isinstance(net[0].transform("supsup"), SupermaskLayer)
+    assert isinstance(net[1], TaskBatchNorm)
     plain = nn.Sequential(net[0].base_layer, net[1].base_layer, net[2], net[3], net[4].base_layer)
     x = torch.randn(2, 3, 8, 8)
     net.eval()
@@ -204,13 +206,16 @@ def test_figures_hopfield_store_and_confusion():
 
 def test_config_errors_name_the_key():
     from agentlab.config import ConfigError
+    from agentlab.errors import UserError
 
     with pytest.raises(ConfigError, match="density"):
         SupSupConfig(density=0.0)
     with pytest.raises(ConfigError, match="infer"):
         SupSupConfig(infer="hopfield", hopfield=False)
-    with pytest.raises(ValueError, match="matches no Linear"):
-        SupSup(SupSupConfig(layers="nothing")).attach(mlp())
+    with pytest.raises(ConfigError, match="layers"):
+        SupSupConfig(layers="nothing")  # a list of patterns, not one string
+    with pytest.raises(UserError, match=r"supsup.layers=\['nothing'\].*matches no Linear/Conv2d layer.*0, 2, 4"):
+        SupSup(SupSupConfig(layers=["nothing"])).attach(mlp())
 
 
 def test_stacked_masked_weights_give_the_same_inference_and_stay_in_budget():

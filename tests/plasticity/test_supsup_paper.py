@@ -33,7 +33,7 @@ def test_task_scores_are_not_drawn_from_the_weights_seed(seed):
     sup = SupSup(SupSupConfig(rule="threshold"), seed=seed)
     sup.attach(net)
     sup.on_task_start(Task(id=0, name="t", kind="classification", train=None, eval=None))
-    layer = net[0]
+    layer = net[0].transform("supsup")
     agree = float(((layer.weight > 0) == (layer.scores["0"] >= 0)).float().mean())
     assert 0.48 < agree < 0.52, agree
 
