@@ -19,6 +19,7 @@ from tests_helpers import cli
 
 FUZZ = settings(max_examples=25, deadline=None, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+FUZZ_RUNS = settings(FUZZ, max_examples=12)  # for generators whose valid examples train (a few tenths of a second each)
 
 KEYS = [
     "seed", "deterministic", "description", "stream", "stream.name", "stream.scenario", "stream.classes_per_task",
@@ -72,7 +73,7 @@ def _check(rc: int, out: str, err: str) -> None:
         assert "error:" in err, err
 
 
-@FUZZ
+@FUZZ_RUNS
 @given(items=set_items)
 def test_fuzz_set_overrides(sandbox, items):
     sets = [a for k, v in items for a in ("--set", f"{k}={v}")]
@@ -88,12 +89,12 @@ tokens = st.one_of(
 )
 
 
-@FUZZ
+@FUZZ_RUNS
 @given(argv=st.lists(tokens, max_size=6))
 def test_fuzz_command_line(sandbox, argv):
     if "-h" in argv or "--help" in argv:  # help exits 0 after printing
         argv = [a for a in argv if a not in ("-h", "--help")]
-    argv = [a for a in argv if not a.startswith("--threads")] + []  # threads change this process: fuzzed below
+    argv = [a for a in argv if not a.startswith("--threads")]  # threads change this process: fuzzed below
     _check(*cli("run", *argv, *SAFE, "--out", sandbox / "runs"))
 
 

@@ -68,14 +68,9 @@ def _loop(m, **changes):
 
 @pytest.mark.parametrize("edit, why", [
     (lambda m: [1, 2, 3], "holds no state"),
-    (lambda m: {**m, "state": {k: v for k, v in m["state"].items() if k != "loop"}}, "no 'loop'"),
     (lambda m: {**m, "state": {**m["state"], "learner": {"x": {"__tensor__": "missing/key"}}}}, "missing tensor"),
     (lambda m: _loop(m, next_task=5), "history has 3 entries, expected 5"),
-    (lambda m: _loop(m, next_task=9), "next_task=9"),
-    (lambda m: _loop(m, n_tasks=7), "stream of 7 tasks"),
-    (lambda m: _loop(m, b=[0.1]), "b has shape"),
     (lambda m: {**m, "state": {**m["state"], "agent": {}}}, "does not fit this agent"),
-    (lambda m: {**m, "state": {**m["state"], "rng": {"torch": 1}}}, "random-number states"),
 ])
 def test_a_wrong_newest_checkpoint_falls_back_to_the_older_one(runs, part, edit, why):
     _rewrite_state(part / "finetune" / "checkpoints" / "ckpt_0002", edit)
@@ -84,6 +79,44 @@ def test_a_wrong_newest_checkpoint_falls_back_to_the_older_one(runs, part, edit,
     assert why in err and "ckpt_0002" in err and "resuming from the older" in err and "Traceback" not in err
     assert len(_matrix(part)) == 5  # all five rows: not "completed" with three
     assert _matrix(part) == _matrix(runs[0])
+
+
+def _loop_state(T=5, done=3):
+    import torch
+
+    from agentlab.seeding import rng_state
+
+    return {"agent": {}, "learner": {}, "init_agent": {}, "rng": rng_state(torch.Generator()),
+            "loop": {"n_tasks": T, "next_task": done, "global_step": 7, "R_index": torch.tensor([[0, 0], [2, 3]]),
+                     "R_values": torch.tensor([0.5, 0.25], dtype=torch.float64), "b": torch.zeros(T, dtype=torch.float64),
+                     "history": [{}] * done, "ledger": [{}] * done, "task_names": ["t"] * done,
+                     "timings": {"train_s": 1.0, "eval_s": 0.5}, "task_inference": {}}}
+
+
+@pytest.mark.parametrize("change, why", [
+    (lambda s: s["loop"].update(next_task=9), "next_task=9"),
+    (lambda s: s["loop"].update(next_task=0), "next_task=0"),
+    (lambda s: s["loop"].update(next_task=True), "next_task=True"),
+    (lambda s: s["loop"].update(n_tasks=7), "stream of 7 tasks"),
+    (lambda s: s["loop"].update(b=[0.1]), "b has"),
+    (lambda s: s["loop"].update(global_step=-1), "global_step=-1"),
+    (lambda s: s["loop"].update(R_index=s["loop"]["R_index"] + 3), "R_index points outside"),
+    (lambda s: s["loop"].update(R_values=s["loop"]["R_values"][:1]), "R_index / R_values"),
+    (lambda s: s["loop"].update(task_names=[1, 2, 3]), "task_names"),
+    (lambda s: s["loop"].update(timings={}), "timings"),
+    (lambda s: s.update(rng={"torch": 1}), "random-number states"),
+    (lambda s: s.pop("init_agent"), "no 'init_agent'"),
+])
+def test_the_loop_state_of_a_checkpoint_is_checked_against_the_stream(change, why):
+    from agentlab.checkpoint import CheckpointError
+    from agentlab.runstate import check_loop_state
+
+    good = check_loop_state(_loop_state(), 5, "ckpt_0002")
+    assert good["next_task"] == 3 and good["R"][2, 3] == 0.25 and good["R"].shape == (5, 5)
+    state = _loop_state()
+    change(state)
+    with pytest.raises(CheckpointError, match=why):
+        check_loop_state(state, 5, "ckpt_0002")
 
 
 def test_no_usable_checkpoint_stops_with_exit_2_then_restart_trains_again(runs, part):

@@ -22,18 +22,21 @@ def _tree(root):
     return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
 
 
-@pytest.mark.parametrize("label", ['"../../escaped"', '"/tmp/agentlab-escape-test"', '""', '"."', '".."', '"a/b"',
-                                   '"summary.json"', '".hidden"', '"a b"'])
+@pytest.mark.parametrize("label", ['"../../escaped"', "ABSOLUTE", '""', '"."', '".."', '"a/b"', '"summary.json"',
+                                   '".hidden"', '"a b"'])
 def test_a_label_that_is_not_one_safe_folder_name_is_refused(tmp_path, label):
-    recipe = tmp_path / "r.toml"
+    work = tmp_path / "work"
+    work.mkdir()
+    if label == "ABSOLUTE":
+        label = json.dumps(str(tmp_path / "escaped-absolute"))
+    recipe = work / "r.toml"
     recipe.write_text(RECIPE.format(label=label))
-    out = tmp_path / "deep" / "runs"
+    out = work / "deep" / "runs"
     before = _tree(tmp_path)
     rc, _, err = cli("run", recipe, "--out", out, "--no-progress")
     assert rc == 2, err
     assert "agent label" in err and json.loads(label) in err and "Traceback" not in err
-    assert _tree(tmp_path) == before  # nothing written anywhere
-    assert not os.path.exists("/tmp/agentlab-escape-test")
+    assert _tree(tmp_path) == before  # nothing written anywhere: not in --out, not beside it, not at the label's path
 
 
 def test_resume_refuses_a_label_from_a_received_config_json(tmp_path):
