@@ -12,7 +12,7 @@ import json
 import math
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from tests_helpers import cli
@@ -75,6 +75,9 @@ def _check(rc: int, out: str, err: str) -> None:
 
 @FUZZ_RUNS
 @given(items=set_items)
+@example(items=[("stream", "5")])  # inputs that once ended in a traceback, always tried first
+@example(items=[("agents.finetune.backbone", "[1]")])
+@example(items=[("loop", '"x"'), ("learner.lr", "1e999")])
 def test_fuzz_set_overrides(sandbox, items):
     sets = [a for k, v in items for a in ("--set", f"{k}={v}")]
     _check(*cli("run", "--out", sandbox / "runs", *sets, *SAFE))
@@ -91,6 +94,8 @@ tokens = st.one_of(
 
 @FUZZ_RUNS
 @given(argv=st.lists(tokens, max_size=6))
+@example(argv=["--seed", str(2**70)])
+@example(argv=["--device", ""])
 def test_fuzz_command_line(sandbox, argv):
     if "-h" in argv or "--help" in argv:  # help exits 0 after printing
         argv = [a for a in argv if a not in ("-h", "--help")]
