@@ -121,7 +121,9 @@ def run(
             history, ledgers, timings = loop["history"], loop["ledger"], loop["timings"]
             task_names, inference = loop["task_names"], loop["task_inference"]
             start_task, global_step = loop["next_task"], loop["global_step"]
-    ckpt = Checkpointer(out_dir, n_tasks=T, keep=cfg.keep_checkpoints, entries=entries) if out_dir is not None and cfg.checkpoint else None
+    ckpt = None
+    if out_dir is not None and cfg.checkpoint:
+        ckpt = Checkpointer(out_dir, n_tasks=T, keep=cfg.keep_checkpoints, entries=entries)
 
     def log_scalar(tag: str, v: float, step: int) -> None:
         if logger is not None:
@@ -196,7 +198,8 @@ def run(
                     status, message = "interrupted", f"stopped after task {i} (stop_after_tasks)"
                     break
         except StopRequested:
-            status, message = "interrupted", f"stopped by {interrupt.signal_name or 'request'}; resume with `agentlab run --resume DIR`"
+            by = interrupt.signal_name or "request"
+            status, message = "interrupted", f"stopped by {by}; resume with `agentlab run --resume DIR`"
         except NonFiniteLoss as e:
             status, message = "failed", str(e)
         except OSError as e:  # a write that failed (permission, no space, file size limit, a file for a folder)

@@ -135,7 +135,8 @@ def check_loop_state(state: Any, n_tasks: int, path: Path) -> dict[str, Any]:
         raise _bad(path, f"global_step={step!r}, expected an integer >= 0")
     b = loop.get("b")
     if not isinstance(b, torch.Tensor) or tuple(b.shape) != (n_tasks,):
-        raise _bad(path, f"b has shape {tuple(b.shape) if isinstance(b, torch.Tensor) else type(b).__name__}, expected ({n_tasks},)")
+        got = tuple(b.shape) if isinstance(b, torch.Tensor) else type(b).__name__
+        raise _bad(path, f"b has shape {got}, expected ({n_tasks},)")
     R = np.full((n_tasks, n_tasks), np.nan)
     entries: tuple[list, list] = ([], [])
     if "R" in loop:  # written before checkpoints held the measured entries only
@@ -158,7 +159,8 @@ def check_loop_state(state: Any, n_tasks: int, path: Path) -> dict[str, Any]:
     for key in ("history", "ledger", "task_names"):
         v = loop.get(key)
         if not isinstance(v, list) or len(v) != nxt:
-            raise _bad(path, f"{key} has {len(v) if isinstance(v, list) else type(v).__name__} entries, expected {nxt} (one per task done)")
+            got = len(v) if isinstance(v, list) else type(v).__name__
+            raise _bad(path, f"{key} has {got} entries, expected {nxt} (one per task done)")
     if not all(isinstance(n, str) for n in loop["task_names"]):
         raise _bad(path, "task_names holds something other than strings")
     timings, inference = loop.get("timings"), loop.get("task_inference")

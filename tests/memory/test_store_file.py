@@ -167,16 +167,16 @@ def _header_variants():
         return _with_header(raw, lambda h: h["__metadata__"].update(config="{"))
 
     def negative_capacity(raw):
-        return _with_header(raw, lambda h: h["__metadata__"].update(config=json.dumps({**json.loads(h["__metadata__"]["config"]), "capacity": -1})))
+        return _with_config(raw, capacity=-1)
 
     def bool_key_dim(raw):
-        return _with_header(raw, lambda h: h["__metadata__"].update(config=json.dumps({**json.loads(h["__metadata__"]["config"]), "key_dim": True})))
+        return _with_config(raw, key_dim=True)
 
     def unknown_eviction(raw):
-        return _with_header(raw, lambda h: h["__metadata__"].update(config=json.dumps({**json.loads(h["__metadata__"]["config"]), "eviction": "random"})))
+        return _with_config(raw, eviction="random")
 
     def extra_config_key(raw):
-        return _with_header(raw, lambda h: h["__metadata__"].update(config=json.dumps({**json.loads(h["__metadata__"]["config"]), "x": 1})))
+        return _with_config(raw, x=1)
 
     def meta_not_list(raw):
         return _with_header(raw, lambda h: h["__metadata__"].update(meta=json.dumps({"a": 1})))
@@ -192,6 +192,12 @@ def _header_variants():
     return [huge_header_len, short, empty, header_not_json, header_a_list, deep_json, no_metadata, old_format,
             config_not_json, negative_capacity, bool_key_dim, unknown_eviction, extra_config_key, meta_not_list,
             truncated, tensor_renamed]
+
+
+def _with_config(raw, **changes):
+    def edit(h):
+        h["__metadata__"]["config"] = json.dumps({**json.loads(h["__metadata__"]["config"]), **changes})
+    return _with_header(raw, edit)
 
 
 def _join_text(text, data):
