@@ -11,7 +11,7 @@ STAMP := $(VENV)/.agentlab-installed
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test,ann]'
+	$(BIN)/python -m pip install --quiet -e '.[test,ann,ray]'
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -86,7 +86,7 @@ def test_default_run_prints_the_figures_the_readme_quotes(default_run):
     agents = json.loads((run_dir / "summary.json").read_text())["agents"]
     setup = _section("## Set-up: two commands")
     quoted = {name: float(v) for name, v in re.findall(r"(fine-tuning|replay|SupSup|joint)[^*]*?\*\*([\d.]+)%\*\*", setup)}
-    labels = {"fine-tuning": "finetune", "replay": "replay", "SupSup": "supsup", "joint": "joint"}
+    labels = {"fine-tuning": "finetune", "replay": "replay", "SupSup": "supsup_memory", "joint": "joint"}
     assert set(quoted) == set(labels), quoted
     for name, figure in quoted.items():
         got = 100 * agents[labels[name]]["metrics"]["avg_acc"]

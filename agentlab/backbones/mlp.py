@@ -28,6 +28,8 @@ class MLPConfig:
     """input size; 0 = from the stream"""
     out_features: int = 0
     """output units; 0 = the stream's number of classes"""
+    per_step: bool = False
+    """apply the layers to every step of a sequence (b, t, i) -> (b, t, o) instead of to whole flattened examples"""
 
     def __post_init__(self) -> None:
         check(all(h >= 1 for h in self.hidden), "hidden", self.hidden, "a list of integers >= 1")
@@ -43,9 +45,12 @@ class MLP(nn.Module):
     """Linear layers named `layers.0`, `layers.2`, ... with the activation between them."""
 
     def __init__(self, in_features: int, hidden: list[int], out_features: int, *, activation: str = "relu", bias: bool = True,
-                 dropout: float = 0.0) -> None:
+                 dropout: float = 0.0, per_step: bool = False) -> None:
         super().__init__()
         self.config = {"in_features": in_features, "hidden": list(hidden), "out_features": out_features, "activation": activation, "bias": bias}
+        self.per_step = per_step
+        if per_step:
+            self.config["per_step"] = True
         if dropout:
             self.config["dropout"] = dropout
         sizes = [in_features, *hidden, out_features]
@@ -59,6 +64,8 @@ class MLP(nn.Module):
         self.layers = nn.Sequential(*layers)
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.per_step:
+            return self.layers(x)  # (B, T, I) -> (B, T, O)
         x = rearrange(x, "b ... -> b (...)")  # (B, D)
         return self.layers(x)  # (B, classes)
 
@@ -66,5 +73,5 @@ class MLP(nn.Module):
 @register("backbone", "mlp", MLPConfig)
 def build_mlp(cfg: MLPConfig, env: BuildEnv) -> MLP:
     """Multilayer perceptron over flattened inputs."""
-    i, o = env.stream_sizes(cfg.in_features, cfg.out_features, where="backbone")
-    return MLP(i, list(cfg.hidden), o, activation=cfg.activation, bias=cfg.bias, dropout=cfg.dropout)
+    i, o = env.stream_sizes(cfg.in_features, cfg.out_features, where="backbone", flatten=not cfg.per_step)
+    return MLP(i, list(cfg.hidden), o, activation=cfg.activation, bias=cfg.bias, dropout=cfg.dropout, per_step=cfg.per_step)

@@ -11,6 +11,7 @@ same code on real data with a smaller budget, under 2 minutes on 2 cores).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
 from agentlab.registry import BuildEnv, register
@@ -67,3 +68,37 @@ def register_bench(name: str, parts: bool = False, device: bool = False,
         return register("bench", name, BenchArgs)(fn)
 
     return wrap
+
+
+def run_recipe_table(name: str, overrides: list[str], args: BenchArgs, *, out_dir: Path | None = None,
+                     resume: bool = False) -> dict[str, Any]:
+    """Run a shipped recipe with overrides; each agent's label -> (RunResult, Agent).
+
+    The same steps as `agentlab.runner.run_recipe`, kept here so the benchmark can read the
+    agents' modules afterwards (FNNSP's fraction of weights updated, SupSup's store). With
+    `out_dir`, each agent checkpoints after every task into `out_dir/<label>` and `resume`
+    continues from there; without it nothing is written.
+    """
+    import dataclasses
+
+    from agentlab import recipe as recipes
+    from agentlab.datasets import data_root
+    from agentlab.loop import run
+    from agentlab.seeding import seed_everything
+
+    rname, table = recipes.read_recipe(name)
+    resolved = recipes.resolve(rname, recipes.apply_overrides(table, [f"seed={args.seed}", *overrides]))
+    recipes.check_components(resolved)
+    env = BuildEnv(seed=resolved.seed)
+    env.data_root = data_root(args.data_root or env.data_root)
+    seed_everything(resolved.seed)
+    stream = recipes.build_stream(resolved, env)
+    env.stream = stream
+    out: dict[str, Any] = {}
+    for label, spec in resolved.agents.items():
+        generator = seed_everything(resolved.seed)
+        agent = recipes.build_agent(label, spec, env)
+        cfg = dataclasses.replace(resolved.loop, checkpoint=out_dir is not None, keep_checkpoints=1)
+        agent_dir = None if out_dir is None else out_dir / label
+        out[label] = (run(agent, stream, generator=generator, cfg=cfg, out_dir=agent_dir, resume=resume), agent)
+    return out

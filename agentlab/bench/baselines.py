@@ -21,28 +21,31 @@ softmax's classes, as the early `loss_fn_kd` that matches the paper's LwF figure
 See docs/streams.md for what each change moved. Replay keeps 1,000 examples
 (reservoir); the paper's table has no replay row.
 
-Each scenario is one run of our loop (`runs/bench/baselines[-quick]/<scenario>/`),
-so its report, TensorBoard events and summary.json are the usual ones.
+The benchmark is a sweep (agentlab.sweep) in `runs/bench/baselines[-quick]/`: one point per scenario,
+method and seed, each an ordinary run directory `runs/<scenario>__<method>__seed<N>/<method>/` with the
+usual report, TensorBoard events and summary.json; `agentlab report runs/bench/baselines` prints the
+mean, SD and 95% CI of every arm over the seeds run so far.
 Quick mode: 2,000 training / 500 test examples per task, 50 iterations per
 task on Split MNIST and 25 on Permuted MNIST (300 test examples), same code.
 Metrics: `<method>_<scenario>_acc` (average accuracy after the last task, a
 fraction), scenarios `split_task`, `split_domain`, `split_class`, `permuted`.
 
 Seeds: the paper's figures are means over seeds 1-20, each seed with its own digit
-pairs (Split) or first permutation (Permuted). `--seed N` runs into
-`runs/bench/baselines-seed<N>/` with the digit pairs the reference draws for N
-(`class_order`); once two or more seeds of an arm are complete with the settings
-their seeds give now, the result adds `<key>_mean`, `<key>_sd` and `<key>_seeds`,
-and the goal is judged on the mean.
+pairs (Split) or first permutation (Permuted). `--seed N` adds seed N's points to the
+sweep, with the digit pairs the reference draws for N (`class_order`); once two or
+more seeds of an arm are complete with the settings their seeds give now, the result
+adds `<key>_mean`, `<key>_sd` and `<key>_seeds` (the sweep's aggregate over those
+points), and the goal is judged on the mean. Without `--resume` the chosen points run
+from the start; with it, completed points with today's settings are read back, points
+made with other settings (older code, another digit order) run again, and the rest run.
 """
 
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -50,6 +53,9 @@ import torch
 from agentlab.bench import BenchArgs, BenchResult, register_bench
 from agentlab.checkpoint import atomic_write_text
 from agentlab.registry import BuildEnv
+from agentlab.summary import jsonable
+from agentlab.sweep import LocalExecutor, Point, is_sweep, open_sweep, read_manifest, run_sweep
+from agentlab.sweep_report import aggregate, run_figures
 
 METHODS = ("finetune", "ewc", "si", "lwf", "replay")
 
@@ -145,84 +151,92 @@ def select_parts(only: tuple[str, ...]) -> dict[str, list[str]]:
     return {s: chosen[s] for s in SCENARIOS if s in chosen}
 
 
-def _arm_settings(table: dict[str, Any], method: str) -> Any:
-    """What decides one arm's result: its agent, the stream, the loop and the seed (JSON-normalised)."""
-    return json.loads(json.dumps({k: table.get(k) for k in ("seed", "stream", "loop")} | {"agent": table["agents"][method]}))
+def arm_point(scenario: str, method: str, quick: bool, seed: int) -> Point:
+    """One arm and seed as a sweep point: the scenario's table with this method's agent only."""
+    table = scenario_table(scenario, quick, seed)
+    table["agents"] = {method: table["agents"][method]}
+    return Point(f"{scenario}__{method}__seed{seed}", {"scenario": scenario, "method": method, "seed": seed}, f"baselines-{scenario}", table)
 
 
-def _reusable(arm_dir: Path, table: dict[str, Any], method: str) -> bool:
-    """Whether a completed arm ran with this arm's settings; a stale one (older settings or mode) is run again."""
-    summary = arm_dir / "summary.json"
-    if not summary.is_file():
-        return False
-    saved = json.loads(summary.read_text()).get("config", {}).get("table")
-    return saved is not None and method in saved.get("agents", {}) and _arm_settings(saved, method) == _arm_settings(table, method)
-
-
-def seed_results(bench_dir: Path, scenario: str, method: str, table_for: Callable[[int], dict[str, Any]]) -> dict[int, float]:
-    """Average accuracy of every completed repetition of one arm: the seed folders (`baselines`, `baselines-seed<N>`)
-    next to each other under `bench_dir`, keeping only runs whose settings equal `table_for(their seed)`'s, so a run
-    with other settings, or with a digit order an earlier version drew for its seed, is not counted."""
-    prefix = "baselines-quick" if bench_dir.name.startswith("baselines-quick") else "baselines"
-    found: dict[int, float] = {}
-    for folder in [bench_dir.parent / prefix, *sorted(bench_dir.parent.glob(f"{prefix}-seed*"))]:
-        summary = folder / scenario / method / "summary.json"
-        if not summary.is_file():
+def repetitions(sweep_dir: Path, scenario: str, method: str, quick: bool) -> list[dict[str, Any]]:
+    """The sweep's completed points of one arm whose settings equal what their seed gives now: a point run with
+    other settings, or with a digit order an earlier version drew for its seed, is not a repetition."""
+    if not is_sweep(sweep_dir):
+        return []
+    out = []
+    for e in read_manifest(sweep_dir)["points"]:
+        p = e["params"]
+        if p.get("scenario") != scenario or p.get("method") != method or e["status"] != "completed":
             continue
-        saved = json.loads(summary.read_text())
-        arm_table = saved.get("config", {}).get("table")
-        if saved.get("status") != "completed" or arm_table is None or method not in arm_table.get("agents", {}):
-            continue
-        seed = int(arm_table["seed"])
-        if _arm_settings(arm_table, method) == _arm_settings(table_for(seed), method):
-            found[seed] = float(saved["metrics"]["avg_acc"])
+        if e["table"] == jsonable(arm_point(scenario, method, quick, int(p["seed"])).table):
+            out.append(e)
+    return out
+
+
+def seed_results(sweep_dir: Path, scenario: str, method: str, quick: bool) -> dict[int, float]:
+    """Average accuracy after the last task of every repetition of one arm, by seed."""
+    found = {}
+    for e in repetitions(sweep_dir, scenario, method, quick):
+        figures = run_figures(sweep_dir / e["run_dir"], method)
+        if figures is not None and figures.get("avg_acc") is not None:
+            found[int(e["params"]["seed"])] = figures["avg_acc"]
     return found
 
 
 @register_bench("baselines", parts=True)
 def bench_baselines(args: BenchArgs, env: BuildEnv) -> BenchResult:
     """Fine-tuning, EWC, SI, LwF, replay on Split MNIST (3 scenarios) and Permuted MNIST-10 vs van de Ven & Tolias 2019."""
-    from agentlab import recipe as recipes
-    from agentlab.runner import run_recipe
-
     torch.set_num_threads(1)  # a shared 2-core machine: see loop-speed
-    # One folder per seed (seed 0 keeps the plain name), so runs of several seeds can be spread and merged.
-    out = Path("runs") / "bench" / (("baselines-quick" if args.quick else "baselines") + (f"-seed{args.seed}" if args.seed else ""))
+    out = Path("runs") / "bench" / ("baselines-quick" if args.quick else "baselines")
+    parts = select_parts(args.only)
+    points = [arm_point(scenario, m, args.quick, args.seed) for scenario, methods in parts.items() for m in methods]
+    t0 = time.perf_counter()
+
+    def progress(line: str) -> None:
+        print(line, flush=True)
+        body = {"mode": "quick" if args.quick else "full", "last": line, "seconds": time.perf_counter() - t0}
+        atomic_write_text(out / "progress.json", json.dumps(body, indent=2))
+
+    with open_sweep(out, create=True, info={"recipe": "baselines", "mode": "quick" if args.quick else "full"}) as sweep:
+        if not args.resume:  # the chosen points run from the start
+            for p in points:
+                sweep.reset(p.name)
+        # Points made with other settings are run again (on_stale="replace"); completed ones are read back.
+        entries = run_sweep(sweep, points, LocalExecutor(), data_root=env.data_root, on_stale="replace", report=progress)
     metrics: dict[str, float] = {}
     rows: list[dict[str, Any]] = []
-    for scenario, methods in select_parts(args.only).items():
-        t0 = time.perf_counter()
-        table = scenario_table(scenario, args.quick, args.seed)
-        resolved = recipes.resolve(f"baselines-{scenario}", table)
-        if args.resume:  # completed arms with the same settings are read back; stale ones run again
-            for m in methods:
-                if (out / scenario / m).exists() and not _reusable(out / scenario / m, table, m):
-                    shutil.rmtree(out / scenario / m)
-        _, results = run_recipe(resolved, run_dir=out / scenario, data_root=env.data_root, resume=args.resume, only=methods)
-        for method, r in results.items():
-            acc = float(r.metrics["avg_acc"])
-            metrics[f"{method}_{scenario}_acc"] = acc
-            # The paper's figures are means over seeds: other seeds' completed runs of this arm give ours.
-            seeds = list(seed_results(out, scenario, method, lambda s: scenario_table(scenario, args.quick, s)).values())
-            mean = acc
-            if len(seeds) > 1:
-                mean = float(np.mean(seeds))
-                metrics[f"{method}_{scenario}_acc_mean"] = mean
-                metrics[f"{method}_{scenario}_acc_sd"] = float(np.std(seeds, ddof=1))
-                metrics[f"{method}_{scenario}_acc_seeds"] = float(len(seeds))
-            paper = PAPER.get((method, scenario))
-            rows.append({
-                "method": method, "scenario": scenario, "acc_pct": 100 * acc, "seeds": len(seeds) or 1, "mean_pct": 100 * mean,
-                "paper_pct": paper if paper is not None else "-", "gap_pts": 100 * mean - paper if paper is not None else "-",
-                "train_s": r.timings["train_s"],
-            })
-        progress = {"mode": "quick" if args.quick else "full", "done": scenario, "seconds": time.perf_counter() - t0, "metrics": metrics}
-        atomic_write_text(out / "progress.json", json.dumps(progress, indent=2))
+    for p in points:
+        scenario, method = p.params["scenario"], p.params["method"]
+        e = entries[p.name]
+        figures = run_figures(out / e["run_dir"], method)
+        paper = PAPER.get((method, scenario))
+        if figures is None:
+            rows.append({"method": method, "scenario": scenario, "acc_pct": f"{e['status']}: {e['message']}"[:60], "seeds": "-",
+                         "mean_pct": "-", "paper_pct": paper if paper is not None else "-", "gap_pts": "-", "train_s": "-"})
+            continue
+        acc = figures["avg_acc"]
+        metrics[f"{method}_{scenario}_acc"] = acc
+        # The paper's figures are means over seeds: the sweep's other completed seeds of this arm give ours.
+        (row,) = aggregate(out, repetitions(out, scenario, method, args.quick)) or [None]
+        n = row["n"] if row else 1
+        mean = acc
+        if n > 1:
+            mean = row["metrics"]["avg_acc"]["mean"]
+            metrics[f"{method}_{scenario}_acc_mean"] = mean
+            metrics[f"{method}_{scenario}_acc_sd"] = row["metrics"]["avg_acc"]["sd"]
+            metrics[f"{method}_{scenario}_acc_seeds"] = float(n)
+        rows.append({
+            "method": method, "scenario": scenario, "acc_pct": 100 * acc, "seeds": n, "mean_pct": 100 * mean,
+            "paper_pct": paper if paper is not None else "-", "gap_pts": 100 * mean - paper if paper is not None else "-",
+            "train_s": figures["train_s"],
+        })
     goals = {}
     for (method, scenario), paper in PAPER.items():
         key = f"{method}_{scenario}_acc"
         if key not in metrics:
-            goals[f"{key} within 3 points of {paper}"] = "not run in this invocation (--only)"
+            failed = [e for e in entries.values() if (e["params"]["method"], e["params"]["scenario"]) == (method, scenario)]
+            goals[f"{key} within 3 points of {paper}"] = (f"NOT met ({failed[0]['status']}: {failed[0]['message']})" if failed
+                                                          else "not run in this invocation (--only)")
             continue
         value, n = metrics.get(f"{key}_mean", metrics[key]), int(metrics.get(f"{key}_seeds", 1))
         gap = 100 * value - paper

@@ -12,7 +12,7 @@ import time
 import numpy as np
 
 from agentlab.bench import BenchArgs, BenchResult, goal, register_bench
-from agentlab.bench.supsup import run_recipe_table
+from agentlab.bench import run_recipe_table
 from agentlab.registry import BuildEnv
 
 

@@ -17,7 +17,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import resource
@@ -25,9 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from agentlab import recipe as recipes
-from agentlab.bench import BenchArgs, BenchResult, goal, register_bench
-from agentlab.datasets import data_root
+from agentlab.bench import BenchArgs, BenchResult, goal, register_bench, run_recipe_table
 from agentlab.registry import BuildEnv
 
 # van de Ven & Tolias 2019, Split MNIST class-IL (REFERENCES.md): what the baselines reach.
@@ -36,37 +33,6 @@ SPLIT_CLASS_IL_REFERENCE = {"finetune": 19.90, "ewc": 20.01, "si": 19.99, "joint
 
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-
-
-def run_recipe_table(name: str, overrides: list[str], args: BenchArgs, *, out_dir: Path | None = None,
-                     resume: bool = False) -> dict[str, Any]:
-    """Run a shipped recipe with overrides; each agent's label -> (RunResult, Agent).
-
-    The same steps as `agentlab.runner.run_recipe`, kept here so the benchmark can read the
-    agents' modules afterwards (FNNSP's fraction of weights updated, SupSup's store). With
-    `out_dir`, each agent checkpoints after every task into `out_dir/<label>` and `resume`
-    continues from there; without it nothing is written.
-    """
-    from agentlab.loop import run
-    from agentlab.registry import BuildEnv
-    from agentlab.seeding import seed_everything
-
-    rname, table = recipes.read_recipe(name)
-    resolved = recipes.resolve(rname, recipes.apply_overrides(table, [f"seed={args.seed}", *overrides]))
-    recipes.check_components(resolved)
-    env = BuildEnv(seed=resolved.seed)
-    env.data_root = data_root(args.data_root or env.data_root)
-    seed_everything(resolved.seed)
-    stream = recipes.build_stream(resolved, env)
-    env.stream = stream
-    out: dict[str, Any] = {}
-    for label, spec in resolved.agents.items():
-        generator = seed_everything(resolved.seed)
-        agent = recipes.build_agent(label, spec, env)
-        cfg = dataclasses.replace(resolved.loop, checkpoint=out_dir is not None, keep_checkpoints=1)
-        agent_dir = None if out_dir is None else out_dir / label
-        out[label] = (run(agent, stream, generator=generator, cfg=cfg, out_dir=agent_dir, resume=resume), agent)
-    return out
 
 
 def _work_dir(args: BenchArgs, settings: dict[str, Any]) -> Path:

@@ -11,4 +11,5 @@ COMMANDS = {
     "bench": "agentlab.commands.bench",
     "fewshot": "agentlab.commands.fewshot",
     "results": "agentlab.commands.results",
+    "sweep": "agentlab.commands.sweep",
 }

@@ -7,7 +7,6 @@ import re
 import shutil
 import subprocess
 import sys
-import sysconfig
 import tomllib
 from pathlib import Path
 
@@ -147,7 +146,8 @@ def test_wheel_installs_and_runs_outside_the_repository(tmp_path):
                           capture_output=True, text=True, check=True).stdout.strip()
     # the dependencies (torch, avalanche...) come from this environment's site-packages without its .pth files,
     # so the only agentlab the fresh environment sees is the wheel's
-    Path(site, "deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    deps = [p for p in sys.path if p.endswith("site-packages") and Path(p).is_dir()]  # this venv's and what it chains to
+    Path(site, "deps.pth").write_text("\n".join(deps) + "\n")
     p = subprocess.run([str(vpy), "-m", "pip", "install", "-q", "--no-deps", "--no-index", str(wheel)],
                        capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr

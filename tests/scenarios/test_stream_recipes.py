@@ -57,29 +57,40 @@ def test_baselines_seeds_vary_the_digit_pairs_and_the_first_permutation_as_the_r
     assert not scenario_table("permuted", False, 3)["stream"]["first_unpermuted"]
 
 
-def test_baselines_seed_results_gather_repetitions_with_the_same_settings(tmp_path):
-    from agentlab.bench.baselines import scenario_table, seed_results
+def _baselines_sweep(root, arms):
+    """A baselines sweep directory written by hand: arms = [(seed, avg_acc, status, table change, digit order)]."""
+    from agentlab.bench.baselines import arm_point
+    from agentlab.summary import jsonable
 
-    def arm(folder, seed, acc, status="completed", change=None, order=None):
-        table = scenario_table("split_domain", False, seed)
+    points = []
+    for seed, acc, status, change, order in arms:
+        p = arm_point("split_domain", "si", False, seed)
         if change:
-            table["agents"]["si"]["learner"].update(change)
+            p.table["agents"]["si"]["learner"].update(change)
         if order:
-            table["stream"]["class_order"] = order
-        d = tmp_path / folder / "split_domain" / "si"
-        d.mkdir(parents=True)
-        (d / "summary.json").write_text(json.dumps({"status": status, "config": {"table": table}, "metrics": {"avg_acc": acc}}))
+            p.table["stream"]["class_order"] = order
+        arm = root / "runs" / p.name / "si"
+        arm.mkdir(parents=True)
+        (arm / "summary.json").write_text(json.dumps({"status": status, "metrics": {"avg_acc": acc}, "ledger": [], "timings": {}}))
+        points.append({"name": p.name, "params": p.params, "recipe": p.recipe, "run_dir": f"runs/{p.name}", "status": status,
+                       "message": "", "table": jsonable(p.table)})
+    (root / "sweep.json").write_text(json.dumps({"format": 1, "points": points}))
 
-    arm("baselines", 0, 0.60)
-    arm("baselines-seed1", 1, 0.70)
-    arm("baselines-seed2", 2, 0.50, status="interrupted")  # not a result
-    arm("baselines-seed3", 3, 0.90, change={"si_lambda": 1.0})  # other settings: not a repetition
-    arm("baselines-quick-seed4", 4, 0.10)  # the quick mode is another benchmark
-    arm("baselines-seed5", 5, 0.80, order=list(range(9, -1, -1)))  # a digit order seed 5 no longer draws
-    def table_for(seed):
-        return scenario_table("split_domain", False, seed)
-    assert seed_results(tmp_path / "baselines-seed1", "split_domain", "si", table_for) == {0: 0.60, 1: 0.70}
-    assert seed_results(tmp_path / "baselines", "split_domain", "ewc", table_for) == {}
+
+def test_baselines_seed_results_gather_repetitions_with_the_same_settings(tmp_path):
+    from agentlab.bench.baselines import seed_results
+
+    _baselines_sweep(tmp_path, [
+        (0, 0.60, "completed", None, None),
+        (1, 0.70, "completed", None, None),
+        (2, 0.50, "interrupted", None, None),  # not a result
+        (3, 0.90, "completed", {"si_lambda": 1.0}, None),  # other settings: not a repetition
+        (5, 0.80, "completed", None, list(range(9, -1, -1))),  # a digit order seed 5 no longer draws
+    ])
+    assert seed_results(tmp_path, "split_domain", "si", False) == {0: 0.60, 1: 0.70}
+    assert seed_results(tmp_path, "split_domain", "si", True) == {}  # the quick mode is another benchmark
+    assert seed_results(tmp_path, "split_domain", "ewc", False) == {}
+    assert seed_results(tmp_path / "nothing", "split_domain", "si", False) == {}
 
 
 def test_benches_registered():
@@ -98,19 +109,26 @@ def test_baselines_parts_select_and_refuse_unknown_names():
 
 
 def test_baselines_resume_reuses_only_arms_with_the_same_settings(tmp_path):
-    from agentlab.bench.baselines import _reusable, scenario_table
+    """Each arm and seed is its own sweep point: a point made with other settings is forgotten (run again), the
+    same settings are kept, and another arm's settings do not matter."""
+    from agentlab.bench.baselines import arm_point
+    from agentlab.sweep import open_sweep
 
-    table = scenario_table("split_task", True, 0)
-    arm = tmp_path / "lwf"
-    arm.mkdir()
-    assert not _reusable(arm, table, "lwf")  # never completed
-    (arm / "summary.json").write_text(json.dumps({"config": {"table": table}}))
-    assert _reusable(arm, table, "lwf")
-    changed = json.loads(json.dumps(table))
-    changed["agents"]["ewc"]["learner"]["ewc_lambda"] = 1.0  # another arm's settings do not matter
-    assert _reusable(arm, changed, "lwf")
-    changed["agents"]["lwf"]["learner"]["lwf_weighting"] = "constant"
-    assert not _reusable(arm, changed, "lwf")
+    lwf, ewc = arm_point("split_task", "lwf", True, 0), arm_point("split_task", "ewc", True, 0)
+    assert set(lwf.table["agents"]) == {"lwf"} and lwf.name == "split_task__lwf__seed0"
+    with open_sweep(tmp_path, create=True) as sweep:
+        sweep.merge([lwf, ewc])
+        marker = sweep.run_dir(lwf.name) / "lwf" / "summary.json"
+        marker.parent.mkdir(parents=True)
+        marker.write_text("{}")
+        changed_ewc = arm_point("split_task", "ewc", True, 0)
+        changed_ewc.table["agents"]["ewc"]["learner"]["ewc_lambda"] = 1.0
+        sweep.merge([arm_point("split_task", "lwf", True, 0), changed_ewc], on_stale="replace")
+        assert marker.is_file()  # same settings: kept
+        changed = arm_point("split_task", "lwf", True, 0)
+        changed.table["agents"]["lwf"]["learner"]["lwf_weighting"] = "constant"
+        sweep.merge([changed], on_stale="replace")
+        assert not sweep.run_dir(lwf.name).exists() and sweep.entries[lwf.name]["status"] == "pending"
 
 
 def test_lwf_vandeven_weighting_is_t_minus_1_times_t_squared():
