@@ -38,6 +38,27 @@ def set_case(value: str, *expect: str, id: str | None = None, extra: tuple[str, 
     return Case(id or f"--set {value}", run_args("--set", value, *extra, agent=agent), list(expect) or [value.split("=")[0]])
 
 
+PLASTIC = """[stream]
+name = "digits-split"
+[backbone]
+name = "mlp"
+hidden = [8]
+bias = false
+[learner]
+name = "finetune"
+max_steps = 1
+[[plasticity]]
+name = "supsup"
+"""
+
+
+def plastic_case(value: str, *expect: str) -> Case:
+    """--set on a one-agent recipe with a plasticity module (its table is `plasticity`, a list)."""
+    return Case(f"--set {value} (a recipe with a plasticity module)",
+                ["run", "{tmp}/p.toml", "--out", "{tmp}/runs", "--no-progress", "--set", value], list(expect),
+                files={"p.toml": PLASTIC})
+
+
 def recipe_case(id: str, text: str | bytes, *expect: str, name: str = "r.toml") -> Case:
     return Case(id, ["run", "{tmp}/" + name, "--out", "{tmp}/runs", "--no-progress"], list(expect), files={name: text})
 
@@ -180,9 +201,10 @@ CASES = [
     set_case('agents.replay.learner.policy="x"', "policy", agent="replay"),
     set_case("plasticity=5", "plasticity"),
     set_case("plasticity=[5]", "plasticity.0"),
-    set_case('agents.supsup.plasticity.0.name="nosuch"', "'nosuch'", agent="supsup"),
-    set_case("agents.supsup.plasticity.5.x=1", "plasticity.5", agent="supsup"),
-    set_case("agents.supsup.plasticity.0.bogus=1", "'bogus'", agent="supsup"),
+    plastic_case('plasticity.0.name="nosuch"', "'nosuch'"),
+    plastic_case("plasticity.5.x=1", "plasticity.5"),
+    plastic_case("plasticity.0.bogus=1", "'bogus'"),
+    plastic_case("plasticity.0.density=2", "density"),
     set_case("memory=5", "memory"),
     set_case('memory=[{name="nosuch"}]', "'nosuch'"),
     set_case('memory=[{name="mini_rag", capacity=0}]', "capacity"),
