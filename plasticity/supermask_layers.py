@@ -33,6 +33,7 @@ from einops import einsum, rearrange
 from torch import Tensor, nn
 
 from agentlab.plasticity.bitpack import pack_bits, packed_size, unpack_bits
+from agentlab.plasticity.supermask_oneshot import UniformSuperposition, weighted_mask_sum
 from agentlab.wrapping import LayerTransform
 
 MaskRule = Literal["topk", "threshold"]
@@ -100,9 +101,10 @@ class TopKCut:
             width = max(self.width, 1e-6 * max(abs(self.cut), 1e-12))
             for _ in range(4):
                 lo, hi = self.cut - width, self.cut + width
-                below = int(torch.count_nonzero(flat <= lo))
+                at_lo = flat <= lo
+                below = int(torch.count_nonzero(at_lo))
                 if below < n_drop:
-                    inside = torch.where(flat > lo, flat, torch.inf) <= hi  # (lo, hi] without a slow bool and
+                    inside = (flat <= hi) ^ at_lo  # (lo, hi]
                     n_in = int(torch.count_nonzero(inside))
                     if below + n_in >= n_drop:
                         cut = flat[inside].kthvalue(n_drop - below).values
@@ -126,7 +128,7 @@ def binary_mask(scores: Tensor, rule: MaskRule, density: float, cut: TopKCut | N
     `cut`: the previous step's top-k cut of the same scores, to find this one cheaply (same mask).
     """
     if rule == "threshold":
-        hard = (scores.detach() >= 0).to(scores.dtype)
+        hard = torch.ge(scores.detach(), 0.0, out=torch.empty_like(scores, requires_grad=False))
         return _StraightThrough.apply(scores, hard)
     with torch.no_grad():
         mag = scores.abs()
@@ -134,12 +136,16 @@ def binary_mask(scores: Tensor, rule: MaskRule, density: float, cut: TopKCut | N
         n_drop = flat.numel() - int(round(density * flat.numel()))
         if n_drop <= 0:
             hard = torch.ones_like(scores)
+        elif cut is not None:
+            # compared with a Python scalar straight into a float tensor: a tenth of a bool mask's conversion
+            hard = torch.gt(mag, float(cut.find(flat, n_drop)), out=torch.empty_like(mag))
         else:
-            kth = cut.find(flat, n_drop) if cut is not None else flat.kthvalue(n_drop).values
-            hard = (mag > kth).to(scores.dtype)
+            hard = (mag > flat.kthvalue(n_drop).values).to(scores.dtype)
+    if cut is not None:
+        return _StraightThroughAbs.apply(scores, hard)
     # The top-k rule ranks |scores|, so the straight-through gradient goes to |scores| and
     # from there through abs() (as edge-popup and SupSup's GetSubnet(scores.abs())).
-    return _StraightThroughAbs.apply(scores, hard)
+    return _StraightThrough.apply(scores.abs(), hard)
 
 
 def signed_constant_(weight: Tensor, *, density: float, scale_fan: bool) -> None:
@@ -186,6 +192,8 @@ class SupermaskLayer(LayerTransform):
         self.stack_cache_bytes = stack_cache_bytes
         self.soft_mask: Tensor | None = None  # (B, o, i) per-example masks set by Hopfield recovery
         self.cached_cut = True  # find each training step's top-k cut from the last one (TopKCut); False = kthvalue
+        self.fast_oneshot = True  # uniform superposition through UniformSuperposition (supermask_oneshot.py)
+        self._mask_sum: tuple[tuple, Tensor] | None = None  # (candidate key, W ⊙ Σ_i M_i)
         self._cuts: dict[str, TopKCut] = {}
 
     # ---------------------------------------------------------------- per-task state
@@ -203,6 +211,7 @@ class SupermaskLayer(LayerTransform):
         mask = binary_mask(self.scores[key].detach(), self.rule, self.density)
         self.register_buffer(f"mask_{t}", pack_bits(mask))
         self._stacks, self._stacks_of = {}, ()
+        self._mask_sum = None
         del self.scores[key]
         self._cuts.pop(key, None)
         if t not in self.frozen:
@@ -253,6 +262,7 @@ class SupermaskLayer(LayerTransform):
                     self.scores[t] = nn.Parameter(torch.empty_like(value))
         self._cache.clear()
         self._stacks, self._stacks_of = {}, ()
+        self._mask_sum = None
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
 
     # ---------------------------------------------------------------- computing
@@ -277,6 +287,10 @@ class SupermaskLayer(LayerTransform):
             return y + bias if bias is not None else y
         # The stacks are cached only when they are W ⊙ M_i of the base weight with nothing after them.
         plain = w is self.weight and after(w) is w
+        if plain and self.fast_oneshot:
+            y = self._uniform_superposition(x, alpha, w, bias)
+            if y is not None:
+                return y
         y = None
         chunk = 32
         for start in range(0, len(self.ctx.tasks), chunk):
@@ -294,6 +308,21 @@ class SupermaskLayer(LayerTransform):
         if bias is not None:
             y = y + (bias.view(-1, 1, 1) if isinstance(self.base_layer, nn.Conv2d) else bias)
         return y
+
+    def _uniform_superposition(self, x: Tensor, alpha: Tensor, w: Tensor, bias: Tensor | None) -> Tensor | None:
+        """One-shot inference's case, α the same for every example and task, over frozen masks of a Linear layer:
+        one product with W ⊙ Σ_i M_i forward (kept while the candidates stay), each mask unpacked once backward.
+        None where it does not apply (a later binary-search round, a task still training, a Conv2d)."""
+        tasks = tuple(self.ctx.tasks)
+        if not isinstance(self.base_layer, nn.Linear) or x.dim() != 2 or not all(t in self.frozen for t in tasks):
+            return None
+        if not bool((alpha == alpha[0, 0]).all()):
+            return None
+        packed = [getattr(self, f"mask_{t}") for t in tasks]
+        key = (tasks, w.dtype, w.device, w._version)
+        if self._mask_sum is None or self._mask_sum[0] != key:
+            self._mask_sum = (key, weighted_mask_sum(w, packed))
+        return UniformSuperposition.apply(x, alpha, w, bias, self._mask_sum[1], packed, 16)
 
     def _stacked(self, tasks: tuple[int, ...], w: Tensor, *, cache: bool) -> Tensor:
         """W ⊙ M_i for each task of one superposition chunk, (k, o, i[, h, w]).

@@ -116,7 +116,16 @@ def _softmax_backward(g: Tensor, y: Tensor) -> Tensor:
 
 
 def _exclusive_cumprod(x: Tensor) -> Tensor:
-    return F.pad(torch.cumprod(x[..., :-1], dim=-1), (1, 0), value=1.0)
+    """[1, x0, x0 x1, ...] along the last axis (allocation.exclusive_cumprod without a pad)."""
+    out = torch.empty_like(x)
+    out[..., 0] = 1.0
+    torch.cumprod(x[..., :-1], dim=-1, out=out[..., 1:])
+    return out
+
+
+def _sigmoid_grad(g: Tensor, y: Tensor) -> Tensor:
+    """g * y (1 - y) for y = sigmoid(x)."""
+    return g * torch.addcmul(y, y, y, value=-1.0)
 
 
 def _others_product(x: Tensor, dim: int) -> Tensor:
@@ -148,6 +157,8 @@ class FusedUnroll(torch.autograd.Function):
         steps: list[tuple[Tensor, ...]] = []
         hs, reads, trace = [], [], ([], [], [])
         Mn, Mrs = _unit(M)  # unit rows of the memory the first write reads
+        one = xp.new_ones(())  # 1 - a b as addcmul(one, a, b, value=-1): one operation, no wrapped scalar
+        eps = xp.new_full((), ALLOC_EPS)
         for t in range(T):
             # controller: z = W_x x_t + b + W_r [r_{t-1}; h_{t-1}]
             cin = torch.cat([r.reshape(B, R * D), h], 1) if sz.lstm else r.reshape(B, R * D)
@@ -172,7 +183,7 @@ class FusedUnroll(torch.autograd.Function):
             e, fg = gates[:, :D], gates[:, D : D + R]
             ga, gw = gates[:, D + R : D + R + 1], gates[:, D + R + 1 :]
             # usage
-            terms = 1.0 - fg[:, :, None] * wr  # (b, r, n)
+            terms = torch.addcmul(one, fg[:, :, None], wr, value=-1.0)  # (b, r, n)
             psi = terms.prod(1)
             q = torch.addcmul(ww, u, 1.0 - ww)  # u + w - u w
             u_pre = q * psi
@@ -182,9 +193,9 @@ class FusedUnroll(torch.autograd.Function):
             simw = torch.bmm(Mn, wkn[:, :, None])[:, :, 0]  # (b, n)
             cw = torch.softmax(beta[:, R:] * simw, -1)
             # allocation
-            s, order = torch.sort(ALLOC_EPS + (1.0 - ALLOC_EPS) * u_new, dim=-1, stable=True)
+            s, order = torch.sort(torch.add(eps, u_new, alpha=1.0 - ALLOC_EPS), dim=-1, stable=True)
             P = _exclusive_cumprod(s)
-            a_sorted = (1.0 - s) * P
+            a_sorted = torch.addcmul(P, s, P, value=-1.0)  # (1 - s) P
             alloc = torch.zeros_like(a_sorted).scatter_(-1, order, a_sorted)
             mix = torch.lerp(cw, alloc, ga)
             ww_new = gw * mix  # (b, n)
@@ -246,6 +257,7 @@ class FusedUnroll(torch.autograd.Function):
         gp = g_p if g_p is not None else zero(B, N)
         gu = g_u if g_u is not None else zero(B, N)
         g_xi, g_z = [], []
+        one = last.h_new.new_ones(())
         for t in range(len(steps) - 1, -1, -1):
             (cin, c, ifo, cand, tc, h_new, sig_s, beta, gates, pi, terms, psi, q, u_pre, u, ww, wr, wkn, wkrs,
              simw, cw, s, order, P, a_sorted, alloc, mix, ww_new, M, Mn, Mrs, delta, e, keep_l, L, p, L_new,
@@ -292,7 +304,7 @@ class FusedUnroll(torch.autograd.Function):
             x = gas * a_sorted
             later = x.flip(-1).cumsum(-1).flip(-1) - x  # Σ_{k>j}
             gs = later / s - gas * P
-            gu = gu + (1.0 - ALLOC_EPS) * torch.zeros_like(gs).scatter_(-1, order, gs)
+            gu = torch.add(gu, torch.zeros_like(gs).scatter_(-1, order, gs), alpha=1.0 - ALLOC_EPS)
             # write content on M
             gzw = _softmax_backward(gcw, cw)
             g_beta_w = (gzw * simw).sum(-1, keepdim=True)
@@ -309,7 +321,7 @@ class FusedUnroll(torch.autograd.Function):
             g_fg = -(gterms * wr).sum(-1)
             gwr = gwr_prev - gterms * fg[:, :, None]
             # interface
-            g_graw = torch.cat([g_e, g_fg, g_ga, g_gw], 1) * gates * (1.0 - gates)
+            g_graw = _sigmoid_grad(torch.cat([g_e, g_fg, g_ga, g_gw], 1), gates)
             g_sraw = torch.cat([g_beta_r, g_beta_w], 1) * sig_s
             g_mraw = _softmax_backward(gpi, pi).reshape(B, 3 * R)
             gxi = torch.cat([g_rk.reshape(B, R * D), g_wk, g_wv, g_sraw, g_graw, g_mraw], 1)
@@ -319,12 +331,12 @@ class FusedUnroll(torch.autograd.Function):
             if g_hs is not None:
                 gh_new = gh_new + g_hs[t]
             if sz.lstm:
-                gct = gc + gh_new * ifo[:, 2 * H :] * (1.0 - tc * tc)
-                gifo = torch.cat([gct * cand, gct * c, gh_new * tc], 1) * ifo * (1.0 - ifo)
-                gz = torch.cat([gifo, gct * ifo[:, :H] * (1.0 - cand * cand)], 1)
+                gct = torch.addcmul(gc, gh_new * ifo[:, 2 * H :], torch.addcmul(one, tc, tc, value=-1.0))
+                gifo = _sigmoid_grad(torch.cat([gct * cand, gct * c, gh_new * tc], 1), ifo)
+                gz = torch.cat([gifo, gct * ifo[:, :H] * torch.addcmul(one, cand, cand, value=-1.0)], 1)
                 gc = gct * ifo[:, H : 2 * H]
             else:
-                gz = gh_new * (1.0 - h_new * h_new)
+                gz = gh_new * torch.addcmul(one, h_new, h_new, value=-1.0)
             g_z.append(gz)
             gcin = gz @ w_rec
             gr = gcin[:, : R * D].view(B, R, D)
