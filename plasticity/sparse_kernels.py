@@ -52,6 +52,10 @@ class CSRPattern:
         self.trainable = None if trainable is None else trainable.reshape(-1)[flat]  # (nnz,) bool
         self._shell: Tensor | None = None
 
+    def __getstate__(self) -> dict[str, Any]:
+        # the CSR shell is rebuilt on demand: a sparse tensor cannot be deep-copied or pickled like a dense one
+        return {k: v for k, v in self.__dict__.items() if k != "_shell"} | {"_shell": None}
+
     def csr(self, values: Tensor) -> Tensor:
         return _csr(self.crow, self.col, values, self.shape)
 

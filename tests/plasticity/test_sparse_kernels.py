@@ -125,3 +125,13 @@ def test_stacked_set_takes_the_masked_dense_product():
 def test_rigl_regrowth_keeps_the_dense_gradient_path(regrowth):
     mlp, s, _ = _pair(regrowth=regrowth)
     assert not s.layers["layers.0"].uses_sparse_kernels(torch.randn(2, 30))
+
+
+def test_a_set_model_with_its_csr_structure_deep_copies_and_pickles():
+    import pickle
+
+    mlp, s, _ = _pair()
+    x = torch.randn(3, 30)
+    mlp(x).sum().backward()  # builds the patterns and their CSR shells
+    for other in (copy.deepcopy(mlp), pickle.loads(pickle.dumps(mlp))):
+        assert torch.allclose(other(x), mlp(x))
