@@ -318,6 +318,8 @@ class SupermaskLayer(LayerTransform):
             return None
         if not bool((alpha == alpha[0, 0]).all()):
             return None
+        if len(tasks) * w.numel() * w.element_size() <= self.stack_cache_bytes:
+            return None  # the stacks fit the cache: the superposed path reuses them across batches
         packed = [getattr(self, f"mask_{t}") for t in tasks]
         key = (tasks, w.dtype, w.device, w._version)
         if self._mask_sum is None or self._mask_sum[0] != key:

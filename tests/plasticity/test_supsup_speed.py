@@ -58,6 +58,7 @@ def _supsup_with_masks(k: int):
 def _fast(sup, on: bool) -> None:
     for layer in sup._layers.values():
         layer.fast_oneshot = on
+        layer.stack_cache_bytes = 0  # stacks that fit the cache take the superposed path
 
 
 def test_uniform_superposition_gives_the_superposed_alpha_gradient():
