@@ -6,7 +6,7 @@ from typing import Any
 
 from agentlab.data import Split
 from agentlab.learners.sgd import SGDConfig, supervised_step
-from agentlab.optim import KeptOptimizer, make_optimizer, make_schedule
+from agentlab.optim import KeptOptimizer, make_optimizer, make_schedule, schedule_scalars
 from agentlab.registry import BuildEnv, register
 from agentlab.learners.base import StatelessLearner
 
@@ -21,11 +21,12 @@ def require_classification(task: Any, learner: str) -> None:
 
 def train_split(
     agent: Any, task: Any, split: Split, cfg: Any, ctx: Any, *, step_fn: Any = None, classes_by_task: Any = None,
-    on_epoch: Any = None, optimizers: KeptOptimizer | None = None,
+    on_epoch: Any = None, optimizers: KeptOptimizer | None = None, schedules: dict[str, Any] | None = None,
 ) -> None:
     """Epochs of supervised steps over `split`; `step_fn(batch, optimizer)` may replace the plain step (replay);
     `on_epoch(epoch)` runs after each epoch (early stopping bookkeeping); `optimizers` keeps one optimizer across
-    tasks when `cfg.keep_optimizer` (learners that support it pass theirs)."""
+    tasks when `cfg.keep_optimizer` (learners that support it pass theirs); `schedules[str(task.id)]` receives the
+    schedule's state after every epoch (LRPO's fits and decisions, for the learner's checkpoint)."""
     if optimizers is not None:
         optimizer = optimizers.for_task(agent.trainable_parameters(), cfg)
     elif cfg.keep_optimizer:
@@ -57,6 +58,10 @@ def train_split(
         if on_epoch is not None:
             on_epoch(epoch)
         stop = schedule.after_epoch(epoch, total / max(n, 1))
+        for tag, value in schedule_scalars(schedule, optimizer).items():
+            ctx.log_scalar(tag, value, ctx.global_step)
+        if schedules is not None:
+            schedules[str(task.id)] = schedule.state_dict()
         if stop or (cfg.max_steps and steps >= cfg.max_steps):
             break
 
@@ -67,17 +72,22 @@ class FineTune(StatelessLearner):
     def __init__(self, cfg: SGDConfig) -> None:
         self.cfg = cfg
         self.optimizers = KeptOptimizer()
+        self.schedules: dict[str, Any] = {}  # task id -> its schedule's state (LRPO's fits and decisions)
 
     def fit(self, agent: Any, task: Any, ctx: Any) -> None:
         require_classification(task, self.name)
-        train_split(agent, task, task.train, self.cfg, ctx, optimizers=self.optimizers)
+        train_split(agent, task, task.train, self.cfg, ctx, optimizers=self.optimizers, schedules=self.schedules)
 
     def state_dict(self) -> dict[str, Any]:
-        """Nothing, or the kept optimizer's moments with `keep_optimizer`."""
-        return {"optimizer": self.optimizers.state_dict()} if self.cfg.keep_optimizer else {}
+        """The kept optimizer's moments with `keep_optimizer`; each task's schedule state when it has one (lrpo)."""
+        state: dict[str, Any] = {"optimizer": self.optimizers.state_dict()} if self.cfg.keep_optimizer else {}
+        if any(self.schedules.values()):
+            state["schedules"] = {k: v for k, v in self.schedules.items() if v}
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.optimizers.load_state_dict(state.get("optimizer", {}))
+        self.schedules = dict(state.get("schedules", {}))
 
 
 @register("learner", "finetune", SGDConfig)
