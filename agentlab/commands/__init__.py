@@ -10,4 +10,5 @@ COMMANDS = {
     "report": "agentlab.commands.report",
     "bench": "agentlab.commands.bench",
     "fewshot": "agentlab.commands.fewshot",
+    "size": "agentlab.commands.size",
 }
