@@ -5,7 +5,7 @@ Every run trains through the library's fine-tuning learner (`train_split`, the `
 optimiser: SGD, momentum 0.9, lr 0.05, batches of 128, no weight decay; only `lr_schedule` differs (step: x0.1 at
 50% and 75% of the steps; one-cycle: 30% warm-up, momentum not cycled; plateau: x0.1 after 3 passes without a 1%
 drop of the pass's training loss; lrpo: its defaults, x0.1 per decay). Two models, sized so that the full mode
-takes about an hour of one core:
+takes about half an hour of CPU (one thread; 66 minutes of wall time on a shared 2-core machine):
 
 * `mlp`: 784-256-128-10 ReLU MLP on the full training set (60,000 images);
 * `cnn`: the library's conv-4 with 16 filters per block (4 x conv3x3-BN-ReLU-maxpool, 16-d embedding, linear head;
