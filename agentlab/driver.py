@@ -39,7 +39,7 @@ from typing import Any, Callable, Iterable, Mapping, TypeVar
 import torch
 from torch import Tensor
 
-from agentlab.optim import Schedule, backward_step, with_terms
+from agentlab.optim import Schedule, backward_step, schedule_scalars, with_terms
 
 Item = TypeVar("Item")
 Update = Callable[[torch.optim.Optimizer, Tensor, Iterable[torch.nn.Parameter], float], None]
@@ -110,7 +110,10 @@ class StepDriver:
         self.agent.after_epoch(epoch)
         mean = self._pass_total / max(self._pass_steps, 1)
         self._pass_total, self._pass_steps = 0.0, 0
-        return bool(self.schedule.after_epoch(epoch, mean))
+        stop = bool(self.schedule.after_epoch(epoch, mean))
+        for tag, value in schedule_scalars(self.schedule, self.optimizer).items():
+            self.ctx.log_scalar(tag, value, self.ctx.global_step)
+        return stop
 
     def run(
         self,

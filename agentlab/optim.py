@@ -8,6 +8,7 @@ parts (tokenizers, VQ-VAEs) and benchmarks import these; nothing here knows abou
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Literal, Mapping, Sequence
 
@@ -120,7 +121,8 @@ def cosine_factor(progress: float) -> float:
 class Schedule:
     """A task's learning-rate controller. The training loop tells it the loss after every optimiser step and the
     mean training loss after every pass over the task's data; `after_epoch` returning True ends the task's
-    training there (a controller that predicts no further gain stops early). The base class keeps the rate."""
+    training there (a controller that predicts no further gain stops early). `scalars()` are what it wants logged
+    after a pass (tag -> value; the loop adds `charts/lr`). The base class keeps the rate."""
 
     def after_step(self, loss: float) -> None:
         """One optimiser step was taken; `loss` is its total loss."""
@@ -129,6 +131,10 @@ class Schedule:
         """Pass `epoch` ended with mean training loss `loss`; True = stop training this task."""
         return False
 
+    def scalars(self) -> dict[str, float]:
+        """TensorBoard tags and values describing the latest decision (none for a fixed schedule)."""
+        return {}
+
     def state_dict(self) -> dict[str, Any]:
         return {}
 
@@ -136,20 +142,93 @@ class Schedule:
         pass
 
 
-class CosineSchedule(Schedule):
-    """The rate annealed from its initial value to 0 along `cosine_factor` over `total` steps."""
+class TorchSchedule(Schedule):
+    """A `torch.optim.lr_scheduler` stepped after every optimiser step, never past its last step (OneCycleLR
+    refuses one more). The rate is a function of the step count alone, so the count is the whole state: loading
+    replays the steps on the freshly built scheduler."""
 
-    def __init__(self, optimizer: torch.optim.Optimizer, total: int) -> None:
-        self.sched = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: cosine_factor(s / total))
+    def __init__(self, sched: Any, total: int) -> None:
+        self.sched, self.total, self.steps = sched, total, 0
 
     def after_step(self, loss: float) -> None:
-        self.sched.step()
+        if self.steps < self.total:
+            self.sched.step()
+            self.steps += 1
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"steps": self.steps}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        with warnings.catch_warnings():  # replaying without optimiser steps is what we mean here
+            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()`")
+            for _ in range(int(state.get("steps", 0)) - self.steps):
+                self.after_step(0.0)
+
+
+def cosine_schedule(optimizer: torch.optim.Optimizer, total: int) -> TorchSchedule:
+    """The rate annealed from its initial value to 0 along `cosine_factor` over `total` steps."""
+    return TorchSchedule(torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: cosine_factor(s / total)), total)
+
+
+def step_schedule(optimizer: torch.optim.Optimizer, total: int, milestones: Sequence[float], gamma: float) -> TorchSchedule:
+    """The rate multiplied by `gamma` at each milestone, a fraction of the task's steps (step decay, e.g. the
+    0.5 / 0.75 of He et al. 2016)."""
+    at = sorted({max(1, round(m * total)) for m in milestones})
+    return TorchSchedule(torch.optim.lr_scheduler.MultiStepLR(optimizer, at, gamma), total)
+
+
+def onecycle_schedule(optimizer: torch.optim.Optimizer, total: int, warmup: float) -> TorchSchedule:
+    """One cycle (Smith & Topsakal 2018): from lr/25 up to lr over the first `warmup` of the steps, then a cosine
+    down to lr/1e4 (PyTorch's `OneCycleLR` defaults). Momentum is left alone (`cycle_momentum=False`), so every
+    schedule compared runs the same optimiser."""
+    if total < 2:  # OneCycleLR needs two phases of at least one step
+        return TorchSchedule(torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0), total)
+    lrs = [g["lr"] for g in optimizer.param_groups]
+    sched = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lrs, total_steps=total, pct_start=warmup,
+                                                cycle_momentum=False)
+    return TorchSchedule(sched, total - 1)  # OneCycleLR's constructor took step 0
+
+
+class PlateauSchedule(Schedule):
+    """ReduceLROnPlateau on the pass's mean training loss: the rate times `gamma` once `patience` passes in a row
+    failed to lower the best loss by the relative `threshold`."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, gamma: float, patience: int, threshold: float) -> None:
+        self.sched = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=gamma, patience=patience,
+                                                                threshold=threshold, threshold_mode="rel")
+
+    def after_epoch(self, epoch: int, loss: float) -> bool:
+        self.sched.step(loss)
+        return False
+
+    def state_dict(self) -> dict[str, Any]:
+        s = self.sched
+        return {"best": None if math.isinf(s.best) else s.best, "bad": s.num_bad_epochs, "cooldown": s.cooldown_counter,
+                "last_epoch": s.last_epoch, "lrs": [g["lr"] for g in s.optimizer.param_groups]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state:
+            s = self.sched
+            s.best = math.inf if state["best"] is None else state["best"]
+            s.num_bad_epochs, s.cooldown_counter, s.last_epoch = state["bad"], state["cooldown"], state["last_epoch"]
+            for g, lr in zip(s.optimizer.param_groups, state["lrs"]):
+                g["lr"] = lr
+
+
+def lrpo_schedule(optimizer: torch.optim.Optimizer, cfg: Any, total: int) -> Schedule:
+    from agentlab.lrpo import LRPO  # LRPO subclasses Schedule, so its module imports this one
+
+    return LRPO(optimizer, cfg.lrpo, gamma=cfg.lr_gamma)
 
 
 ScheduleFactory = Callable[[torch.optim.Optimizer, Any, int], Schedule]
 SCHEDULES: dict[str, ScheduleFactory] = {
     "constant": lambda optimizer, cfg, steps: Schedule(),
-    "cosine": lambda optimizer, cfg, steps: CosineSchedule(optimizer, steps),
+    "cosine": lambda optimizer, cfg, steps: cosine_schedule(optimizer, steps),
+    "step": lambda optimizer, cfg, steps: step_schedule(optimizer, steps, cfg.lr_milestones, cfg.lr_gamma),
+    "onecycle": lambda optimizer, cfg, steps: onecycle_schedule(optimizer, steps, cfg.lr_warmup),
+    "plateau": lambda optimizer, cfg, steps: PlateauSchedule(optimizer, cfg.lr_gamma, cfg.plateau_patience, cfg.plateau_threshold),
+    "lrpo": lrpo_schedule,
 }
 
 
@@ -158,6 +237,12 @@ def make_schedule(optimizer: torch.optim.Optimizer, cfg: Any, steps: int) -> Sch
     budget is the smaller of the two)."""
     total = max(1, min(steps, cfg.max_steps) if cfg.max_steps else steps)
     return SCHEDULES[cfg.lr_schedule](optimizer, cfg, total)
+
+
+def schedule_scalars(schedule: Schedule, optimizer: torch.optim.Optimizer) -> dict[str, float]:
+    """What the training loop logs after every pass: the rate (`charts/lr`, of the first parameter group) and the
+    schedule's own scalars (LRPO's predicted and observed loss, its predicted stall)."""
+    return {"charts/lr": float(optimizer.param_groups[0]["lr"]), **schedule.scalars()}
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:

@@ -8,7 +8,7 @@ from typing import Literal
 from einops import rearrange
 from torch import Tensor, nn
 
-from agentlab.config import check
+from agentlab.config import ConfigError, check
 from agentlab.registry import BuildEnv, register
 
 
@@ -16,8 +16,11 @@ from agentlab.registry import BuildEnv, register
 class MLPConfig:
     """A fully connected network; input size and classes come from the stream unless given."""
 
-    hidden: list[int] = field(default_factory=lambda: [400, 400])
-    """widths of the hidden layers"""
+    hidden: list[int] | Literal["auto"] = field(default_factory=lambda: [400, 400])
+    """widths of the hidden layers, or "auto": `auto_depth` layers of the width the capacity estimate suggests for the
+    stream's training data (agentlab.capacity; runs its probe when the backbone is built)"""
+    auto_depth: int = 2
+    """hidden layers when hidden is \"auto\" (each of the suggested width)"""
     activation: Literal["relu", "tanh", "gelu"] = "relu"
     """non-linearity between layers"""
     bias: bool = True
@@ -32,7 +35,8 @@ class MLPConfig:
     """apply the layers to every step of a sequence (b, t, i) -> (b, t, o) instead of to whole flattened examples"""
 
     def __post_init__(self) -> None:
-        check(all(h >= 1 for h in self.hidden), "hidden", self.hidden, "a list of integers >= 1")
+        check(self.hidden == "auto" or all(h >= 1 for h in self.hidden), "hidden", self.hidden, 'a list of integers >= 1 or "auto"')
+        check(self.auto_depth >= 1, "auto_depth", self.auto_depth, "an integer >= 1")
         check(self.in_features >= 0, "in_features", self.in_features, "an integer >= 0")
         check(self.out_features >= 0, "out_features", self.out_features, "an integer >= 0")
         check(0 <= self.dropout < 1, "dropout", self.dropout, "in [0, 1)")
@@ -74,4 +78,20 @@ class MLP(nn.Module):
 def build_mlp(cfg: MLPConfig, env: BuildEnv) -> MLP:
     """Multilayer perceptron over flattened inputs."""
     i, o = env.stream_sizes(cfg.in_features, cfg.out_features, where="backbone", flatten=not cfg.per_step)
-    return MLP(i, list(cfg.hidden), o, activation=cfg.activation, bias=cfg.bias, dropout=cfg.dropout, per_step=cfg.per_step)
+    hidden = auto_hidden(cfg, env) if cfg.hidden == "auto" else list(cfg.hidden)
+    return MLP(i, hidden, o, activation=cfg.activation, bias=cfg.bias, dropout=cfg.dropout, per_step=cfg.per_step)
+
+
+def auto_hidden(cfg: MLPConfig, env: BuildEnv) -> list[int]:
+    """`auto_depth` layers of the width the capacity estimate suggests for the stream's training data."""
+    import sys
+
+    from agentlab.capacity import CapacityConfig, estimate, stream_data
+
+    if env.stream is None:
+        raise ConfigError('backbone.hidden = "auto" needs the stream\'s data; give the widths instead (e.g. [400, 400])')
+    x, y, n, k = stream_data(env.stream, seed=env.seed)
+    est = estimate(x, y, k, CapacityConfig(depth=cfg.auto_depth, seed=env.seed), n_total=n)
+    print(f"backbone.hidden = \"auto\": {[est.width] * cfg.auto_depth} (capacity estimate of {n:,} examples in "
+          f"{est.seconds:.0f} s; `agentlab size` prints its factors)", file=sys.stderr)
+    return [est.width] * cfg.auto_depth

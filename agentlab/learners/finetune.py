@@ -24,12 +24,14 @@ def train_split(
     agent: Any, task: Any, split: Split, cfg: Any, ctx: Any, *, step_fn: Callable[[Batch], StepOutput] | None = None,
     classes_by_task: Any = None, on_step: Callable[[dict[str, float]], None] | None = None,
     on_epoch: Callable[[int], None] | None = None, optimizers: KeptOptimizer | None = None,
+    schedules: dict[str, Any] | None = None,
 ) -> StepDriver:
     """Epochs of steps over `split`, driven by the step driver (`agentlab.driver`): `step_fn(batch)` gives a step's
     loss (default: cross-entropy, `supervised_loss`; replay mixes its buffer in); `on_step(logged)` and
     `on_epoch(epoch)` run after every step and pass (early-stopping bookkeeping); `optimizers` keeps one optimizer
-    across tasks when `cfg.keep_optimizer` (learners that support it pass theirs). Stops after `cfg.epochs`
-    passes, `cfg.max_steps` steps, or when the schedule (`cfg.lr_schedule`) says so."""
+    across tasks when `cfg.keep_optimizer` (learners that support it pass theirs); `schedules[str(task.id)]`
+    receives the schedule's state at the end (LRPO's fits and decisions, for the learner's checkpoint). Stops after
+    `cfg.epochs` passes, `cfg.max_steps` steps, or when the schedule (`cfg.lr_schedule`) says so."""
     if optimizers is not None:
         optimizer = optimizers.for_task(agent.trainable_parameters(), cfg)
     elif cfg.keep_optimizer:
@@ -49,6 +51,8 @@ def train_split(
 
     compute = step_fn if step_fn is not None else (lambda batch: supervised_loss(agent, batch, task, classes_by_task))
     driver.run(batches, compute, epochs=cfg.epochs, max_steps=cfg.max_steps, on_step=on_step, on_epoch=on_epoch)
+    if schedules is not None:
+        schedules[str(task.id)] = schedule.state_dict()
     return driver
 
 
@@ -58,17 +62,22 @@ class FineTune(StatelessLearner):
     def __init__(self, cfg: SGDConfig) -> None:
         self.cfg = cfg
         self.optimizers = KeptOptimizer()
+        self.schedules: dict[str, Any] = {}  # task id -> its schedule's state (LRPO's fits and decisions)
 
     def fit(self, agent: Any, task: Any, ctx: Any) -> None:
         require_classification(task, self.name)
-        train_split(agent, task, task.train, self.cfg, ctx, optimizers=self.optimizers)
+        train_split(agent, task, task.train, self.cfg, ctx, optimizers=self.optimizers, schedules=self.schedules)
 
     def state_dict(self) -> dict[str, Any]:
-        """Nothing, or the kept optimizer's moments with `keep_optimizer`."""
-        return {"optimizer": self.optimizers.state_dict()} if self.cfg.keep_optimizer else {}
+        """The kept optimizer's moments with `keep_optimizer`; each task's schedule state when it has one (lrpo)."""
+        state: dict[str, Any] = {"optimizer": self.optimizers.state_dict()} if self.cfg.keep_optimizer else {}
+        if any(self.schedules.values()):
+            state["schedules"] = {k: v for k, v in self.schedules.items() if v}
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.optimizers.load_state_dict(state.get("optimizer", {}))
+        self.schedules = dict(state.get("schedules", {}))
 
 
 @register("learner", "finetune", SGDConfig)

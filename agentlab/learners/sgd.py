@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal, Mapping, Sequence
 
 import torch
@@ -13,7 +13,8 @@ from agentlab.agent import restrict_to_classes
 from agentlab.config import check
 from agentlab.data import Batch
 from agentlab.driver import StepOutput
-from agentlab.optim import OptimizerConfig
+from agentlab.lrpo import LRPOConfig
+from agentlab.optim import SCHEDULES, OptimizerConfig
 
 
 MAX_UNCAPPED_EPOCHS = 100_000
@@ -29,8 +30,22 @@ class SGDConfig(OptimizerConfig):
     """examples per step"""
     max_steps: int = 0
     """stop a task after this many steps; 0 = no limit (epochs decide)"""
-    lr_schedule: Literal["constant", "cosine"] = "constant"
-    """learning rate over a task: constant, or cosine-annealed from `lr` to 0 over the task's steps"""
+    lr_schedule: Literal["constant", "cosine", "step", "onecycle", "plateau", "lrpo"] = "constant"
+    """learning rate over a task: constant; cosine-annealed from `lr` to 0 over the task's steps; step (times
+    `lr_gamma` at `lr_milestones`); onecycle (up to `lr` and down, `lr_warmup`); plateau (ReduceLROnPlateau on the
+    pass's training loss); lrpo (predicted stalls, see `lrpo`)"""
+    lr_gamma: float = 0.1
+    """factor the rate is multiplied by at each decay of the step, plateau and lrpo schedules"""
+    lr_milestones: list[float] = field(default_factory=lambda: [0.5, 0.75])
+    """step: where the rate decays, as fractions of the task's steps"""
+    lr_warmup: float = 0.3
+    """onecycle: fraction of the task's steps spent rising from lr/25 to lr"""
+    plateau_patience: int = 3
+    """plateau: passes without a relative improvement of `plateau_threshold` before the rate decays"""
+    plateau_threshold: float = 0.01
+    """plateau: relative drop of the pass's mean training loss that counts as an improvement"""
+    lrpo: LRPOConfig = field(default_factory=LRPOConfig)
+    """lrpo: the learning-rate predictor's settings (`agentlab.lrpo.LRPOConfig`)"""
     keep_optimizer: bool = False
     """one optimizer for the whole stream (moments carried across tasks) instead of a fresh one per task, as the
     reference code of van de Ven & Tolias 2019 does by default"""
@@ -43,7 +58,12 @@ class SGDConfig(OptimizerConfig):
               f"at most {MAX_UNCAPPED_EPOCHS} unless max_steps > 0 caps the steps of a task")
         check(self.batch_size >= 1, "batch_size", self.batch_size, "an integer >= 1")
         check(self.max_steps >= 0, "max_steps", self.max_steps, "an integer >= 0")
-        check(self.lr_schedule in ("constant", "cosine"), "lr_schedule", self.lr_schedule, "'constant' or 'cosine'")
+        check(self.lr_schedule in SCHEDULES, "lr_schedule", self.lr_schedule, "one of " + ", ".join(map(repr, SCHEDULES)))
+        check(0 < self.lr_gamma < 1, "lr_gamma", self.lr_gamma, "in (0, 1)")
+        check(all(0 < m < 1 for m in self.lr_milestones), "lr_milestones", self.lr_milestones, "a list of fractions in (0, 1)")
+        check(0 < self.lr_warmup < 1, "lr_warmup", self.lr_warmup, "in (0, 1)")
+        check(self.plateau_patience >= 0, "plateau_patience", self.plateau_patience, "an integer >= 0")
+        check(0 <= self.plateau_threshold < 1, "plateau_threshold", self.plateau_threshold, "in [0, 1)")
 
 
 def classification_loss(
