@@ -328,14 +328,18 @@ class HopSupSup(PlasticityModule):
             self._exact_view = False
 
     @contextmanager
-    def using_store(self, store: HopfieldMaskStore) -> Iterator[None]:
-        """Inside, gates are recalled from `store` (e.g. one holding only the first P patterns) instead of the module's."""
+    def using_store(self, store: HopfieldMaskStore, tasks: list[int] | None = None) -> Iterator[None]:
+        """Inside, gates are recalled from `store` (e.g. one holding only the first P patterns) instead of the module's,
+        and task inference chooses among `tasks` (default: every stored task)."""
         own, self.store = self.store, store
+        own_tasks = self.tasks
+        if tasks is not None:
+            self.tasks = list(tasks)
         self._cache.clear()
         try:
             yield
         finally:
-            self.store = own
+            self.store, self.tasks = own, own_tasks
             self._cache.clear()
 
     def _probe(self) -> list[int]:

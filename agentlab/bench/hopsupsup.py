@@ -193,7 +193,7 @@ def _pmnist(args: BenchArgs) -> tuple[dict[str, float], list[dict[str, Any]]]:
     # task not given, on the first tasks: the store's rules against SupSup's entropy rule on the exact gates
     k = min(T, 20)
     inf_data = [(t, *data[t]) for t in tasks[:k]]
-    with mod.using_store(_prefix(store, exact_pat, k)):
+    with mod.using_store(_prefix(store, exact_pat, k), tasks[:k]):
         inf = {}
         for group, label in ((1, "image"), (100, "batch100")):
             for rule, method, ex in (("store", "entropy", False), ("entropy", "entropy", True), ("recover", "recover", False)):
