@@ -230,3 +230,35 @@ def test_bad_configuration_is_refused_naming_the_key():
     with pytest.raises(KeyError, match="keep_exact"):
         with make_agent().plasticity[0].serving_exact():
             pass
+
+
+@pytest.mark.parametrize("name", ["hopsupsup-split", "hopsupsup-pmnist", "supsup-digits"])
+def test_shipped_recipes_resolve(name):
+    from agentlab import recipe as recipes
+
+    recipes.check_components(recipes.resolve(*recipes.read_recipe(name)))
+
+
+def test_resume_after_kill_gives_identical_matrix(tmp_path):
+    """A run stopped after 2 tasks and resumed from its checkpoint ends as the uninterrupted run (the store resumes)."""
+    import numpy as np
+
+    from agentlab import recipe as recipes
+    from agentlab.runner import run_recipe
+
+    def resolved(overrides: list[str]) -> recipes.Resolved:
+        table = {"seed": 0, "stream": {"name": "digits-split", "scenario": "task"},
+                 "agents": {"hop": {"backbone": {"name": "mlp", "hidden": [64, 64], "bias": False, "activation": "gelu"},
+                                    "learner": {"name": "finetune", "epochs": 2, "lr": 0.05, "batch_size": 64},
+                                    "plasticity": [{"name": "hopsupsup"}]}}}
+        return recipes.resolve("resume", recipes.apply_overrides(table, overrides))
+
+    _, full = run_recipe(resolved([]), run_dir=tmp_path / "full")
+    part_dir, part = run_recipe(resolved(["loop.stop_after_tasks=2"]), run_dir=tmp_path / "part")
+    assert part["hop"].status == "interrupted"
+    _, res = run_recipe(resolved([]), run_dir=part_dir, resume=True)
+    np.testing.assert_array_equal(res["hop"].R, full["hop"].R)
+    R = full["hop"].R
+    for j in range(5):  # task given, gates recalled exactly: no forgetting at all
+        assert (R[j:, j] == R[j, j]).all()
+    assert len({led["modules"]["hopsupsup"]["bytes"] for led in full["hop"].ledger}) == 1
