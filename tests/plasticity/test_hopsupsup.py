@@ -262,3 +262,32 @@ def test_resume_after_kill_gives_identical_matrix(tmp_path):
     for j in range(5):  # task given, gates recalled exactly: no forgetting at all
         assert (R[j:, j] == R[j, j]).all()
     assert len({led["modules"]["hopsupsup"]["bytes"] for led in full["hop"].ledger}) == 1
+
+
+@pytest.mark.parametrize("conv", [False, True])
+def test_per_example_gates_equal_the_task_gates_they_copy(conv):
+    """Recovery's per-example path (mode "examples") computes what set_task computes with the same gates."""
+    torch.manual_seed(0)
+    if conv:
+        net = nn.Sequential(nn.Conv2d(1, 6, 3), nn.BatchNorm2d(6), nn.GELU(), nn.Conv2d(6, 5, 3), nn.GELU(), nn.Flatten(),
+                            nn.Linear(5 * 4 * 4, 3))
+        x = torch.randn(4, 1, 8, 8)
+    else:
+        net, x = mlp(), torch.randn(4, 20)
+    hop = HopSupSup(HopSupSupConfig(values="sign"), seed=0)
+    hop.attach(net)
+    net.eval()
+    for t in range(2):
+        hop.on_task_start(bare(t))
+        hop.on_task_end(bare(t))
+    hop.set_task(1)
+    ref = net(x)
+    p = hop.recall([0, 1])  # (2, d)
+    hop.ctx.mode, hop.ctx.example_gates = "examples", hop._split(p[[1, 1, 1, 1], hop.key_bits:])
+    assert torch.allclose(net(x), ref, atol=1e-6)
+    hop.ctx.example_gates = hop._split(p[[0, 1, 0, 1], hop.key_bits:])  # rows differ: each its own task's gates
+    mixed = net(x)
+    hop.set_task(0)
+    assert torch.allclose(mixed[0], net(x)[0], atol=1e-6) and torch.allclose(mixed[1], ref[1], atol=1e-6)
+    hop.set_task(None)
+    assert set(hop.infer(x, net, "recover").tolist()) <= {0, 1}
