@@ -60,7 +60,7 @@ class HopSupSupConfig(LayerTargets):
     readout: bool = False
     """gate the read-out's units too (each task then switches classes off); by default the read-out is left alone"""
     init: Literal["signed_constant", "kaiming_normal", "keep"] = "signed_constant"
-    """how the fixed random weights are drawn ("keep" = the backbone's own init)"""
+    """how the gated layers' fixed random weights are drawn ("keep" = the backbone's own init; an ungated read-out keeps it)"""
     key_bits: int = 0
     """bits of the generated key that addresses a task's gates in the store; 0 = half the gated units (at least 32)"""
     sweeps: int = 30
