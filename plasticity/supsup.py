@@ -4,7 +4,8 @@
                     signed constants and frozen) and every BatchNorm (per-task, non-affine)
     on_task_start   fresh scores for the task; only they train
     on_task_end     mask = top-k%(|scores|), packed 1 bit per weight; scores dropped;
-                    optionally the mask of one small layer is written to a Hopfield store
+                    optionally (an experiment) the mask of one small layer is also written to a
+                    Hopfield side store; `hopsupsup` is the mode in which a store holds the masks
     set_task(t)     sub-network t; None (or a task never trained) = the plain base layers
     infer_task(x)   entropy gradient over the superposition coefficients α (one-shot or
                     binary search; per example or per group), or Hopfield recovery
@@ -44,7 +45,8 @@ class SupSupConfig(LayerTargets):
     scale_fan: bool = True
     """signed-constant scale uses the kept fan-in (fan_in * density)"""
     infer: Literal["oneshot", "binary", "entropy", "hopfield"] = "oneshot"
-    """task inference without a label: entropy gradient one-shot, binary search, lowest entropy of each mask, or Hopfield recovery"""
+    """task inference without a label: entropy gradient one-shot, binary search, lowest entropy of each mask, or Hopfield
+    recovery from the side store (an experiment, less accurate than the entropy rules)"""
     objective: Literal["entropy", "g"] = "entropy"
     """what task inference minimises: output entropy (H) or the log-sum-exp over superfluous output units (G)"""
     real_outputs: int = 10
@@ -57,7 +59,8 @@ class SupSupConfig(LayerTargets):
     """memory (on the weights' device) for the masked weights W ⊙ M_i that task inference superposes,
     kept across batches; 0 = unpack every mask for every batch (slow beyond a few tasks)"""
     hopfield: bool = False
-    """also write each task's mask of `hopfield_layer` into a Hopfield store (logs size and recall error)"""
+    """experiment: also write each task's mask of `hopfield_layer` into a Hopfield side store (logs size and recall
+    error); the masks stay bit-packed, so the store only costs memory unless infer = "hopfield" (see `hopsupsup`)"""
     hopfield_layer: str = ""
     """name of the wrapped Linear layer whose masks the store holds; '' = the smallest wrapped layer"""
     hopfield_noise: float = 0.1

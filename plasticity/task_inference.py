@@ -89,7 +89,7 @@ def task_entropies(forward: Callable[[Tensor], Tensor], x: Tensor, ctx: MaskCont
     return torch.stack(cols, 1)
 
 
-def _group_sum(g: Tensor, group: int) -> Tensor:
+def group_sum(g: Tensor, group: int) -> Tensor:
     """Sum per-example gradients (B, k) within consecutive groups, broadcast back to (B, k)."""
     B = g.shape[0]
     if group == 1:
@@ -109,12 +109,12 @@ def infer_tasks(forward: Callable[[Tensor], Tensor], x: Tensor, ctx: MaskContext
     if k == 1:
         return ids.expand(x.shape[0]).clone()
     if method == "entropy":
-        return ids[_group_sum(task_entropies(forward, x, ctx, tasks, objective), group).argmin(1)]
+        return ids[group_sum(task_entropies(forward, x, ctx, tasks, objective), group).argmin(1)]
     alive = torch.ones(x.shape[0], k, dtype=torch.bool, device=x.device)  # (B, k) candidates left
     rounds = 1 if method == "oneshot" else math.ceil(math.log2(k))
     for _ in range(rounds):
         alpha = alive.float() / alive.sum(1, keepdim=True)  # uniform over the candidates
-        g = _group_sum(alpha_gradient(forward, x, ctx, tasks, alpha, chunk=chunk, objective=objective), group)
+        g = group_sum(alpha_gradient(forward, x, ctx, tasks, alpha, chunk=chunk, objective=objective), group)
         g = g.masked_fill(~alive, float("inf"))
         if method == "oneshot":
             return ids[g.argmin(1)]

@@ -65,6 +65,7 @@ BACKBONES: dict[str, tuple[dict, tuple[int, ...], int, Any]] = {
 }
 PLASTICITY: dict[str, dict] = {
     "supsup": {},
+    "hopsupsup": {"values": "sign"},  # binary gates may switch a tiny layer off whole under the matrix's loss
     "set": {"epsilon": 2.0},
     "lottery": {},
     "fnnsp": {"modules": 2, "active_modules": 1, "new_modules_per_task": 1, "initial_active": 1},
@@ -84,7 +85,7 @@ MEMORY: dict[str, dict] = {
     "mini_rag": {"capacity": 8, "key_dim": 4, "k": 2, "heads": 1},
 }
 # modules whose per-task state makes old tasks' outputs unchangeable by later tasks (with these configs)
-ISOLATING = {"supsup", "fnnsp", "lora", "nola", "pranc", "mcnc"}
+ISOLATING = {"supsup", "hopsupsup", "fnnsp", "lora", "nola", "pranc", "mcnc"}
 # backbones whose outputs change by more than their parameters: sense-rag's VQ codebook follows the data (EMA) and its
 # store holds what every task wrote, so no plasticity module can keep an old task's outputs fixed on it
 STATEFUL = {"sense-rag"}
