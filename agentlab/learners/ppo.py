@@ -24,11 +24,13 @@ Per task (cleanrl's ppo.py, the defaults its CartPole run uses):
                   advantages normalised per minibatch; the learning rate annealed linearly to 0 over the task
         every epoch_iterations updates the driver ends an epoch (the modules' after_epoch: SET rewires there)
 
-A memory carried across steps (attached with reset = "episode") is trained through time: the rollout keeps its state
-at the rollout's start, and each minibatch (whole environments, as cleanrl's ppo_atari_lstm) replays its environments'
-steps as sequences cut at episode ends, the first piece of each from the kept state, later pieces fresh, padded and run
-as one batch (N, T, F); the backbone must keep the step axis (an MLP with per_step = true). Truncated episodes are
-treated as ended (cleanrl does the same).
+A memory carried across steps (attached with reset = "episode") is trained through time on pieces of the rollout: the
+rollout keeps the memory's state every `bptt` steps, the steps of every environment are cut there and where episodes
+start, and each minibatch of pieces is replayed as one padded batch of sequences (S, L, F), a piece cut at an episode
+start from an empty memory, the others from the state kept where they begin (truncated backpropagation through time
+from stored states, as R2D2 does without burn-in; cleanrl's ppo_atari_lstm replays whole rollouts). So the first epoch
+sees the memory exactly as acting did. The backbone must keep the step axis (an MLP with per_step = true). Truncated
+episodes are treated as ended (cleanrl does the same).
 
 Logged (TensorBoard, against the loop's step): charts/episodic_return and charts/episodic_length (mean of the episodes
 that ended in an update's rollout), charts/sps (environment steps per second, rollout and update), charts/env_steps,
@@ -84,7 +86,7 @@ class PPOConfig(OptimizerConfig):
     gae_lambda: float = 0.95
     """lambda of generalised advantage estimation"""
     num_minibatches: int = 4
-    """minibatches per update epoch (of transitions; of whole environments for an agent with a carried memory)"""
+    """minibatches per update epoch (of transitions; of sequence pieces for an agent with a carried memory)"""
     update_epochs: int = 4
     """passes over each rollout"""
     norm_adv: bool = True
@@ -103,6 +105,9 @@ class PPOConfig(OptimizerConfig):
     """anneal the learning rate linearly to 0 over each task"""
     critic_hidden: list[int] = field(default_factory=lambda: [64, 64])
     """widths of the critic's hidden layers (tanh)"""
+    bptt: int = 16
+    """a carried memory is trained on pieces of at most this many steps (backpropagation through time), each started
+    from the state the memory had when it acted there; 0 = pieces as long as the rollout"""
     epoch_iterations: int = 10
     """updates that make one epoch for the modules' after_epoch hook (SET rewires there)"""
 
@@ -122,6 +127,7 @@ class PPOConfig(OptimizerConfig):
         check(self.ent_coef >= 0, "ent_coef", self.ent_coef, "a number >= 0")
         check(self.vf_coef >= 0, "vf_coef", self.vf_coef, "a number >= 0")
         check(self.target_kl >= 0, "target_kl", self.target_kl, "a number >= 0 (0 = off)")
+        check(self.bptt >= 0, "bptt", self.bptt, "an integer >= 0 (0 = the whole rollout)")
         check(self.epoch_iterations >= 1, "epoch_iterations", self.epoch_iterations, "an integer >= 1")
 
 
@@ -154,7 +160,7 @@ class Rollout:
     values: Tensor  # (T, N)
     rewards: Tensor  # (T, N)
     starts: Tensor  # (T, N) bool: obs[t] is the first of an episode
-    memory: dict[str, Any]  # the carried memories' states before obs[0] (leaves per memory)
+    memory: list[dict[str, Any]]  # the carried memories' states before obs[c * bptt] (leaves per memory), per c
     advantages: Tensor | None = None  # (T, N)
     returns: Tensor | None = None  # (T, N)
 
@@ -173,18 +179,34 @@ def gae(rollout: Rollout, next_value: Tensor, next_start: Tensor, gamma: float, 
     return adv, adv + rollout.values
 
 
-def segments(starts: Tensor) -> list[tuple[int, int, int]]:
-    """(env, start, end) pieces of each environment's steps (T, N), cut where an episode starts."""
+def segments(starts: Tensor, every: int = 0) -> list[tuple[int, int, int]]:
+    """(env, start, end) pieces of each environment's steps (T, N), cut where an episode starts and every `every` steps."""
     out = []
     T, N = starts.shape
+    every = every or T
     for e in range(N):
-        cuts = [0, *[t for t in range(1, T) if bool(starts[t, e])], T]
+        cuts = [0, *[t for t in range(1, T) if bool(starts[t, e]) or t % every == 0], T]
         out.extend((e, a, b) for a, b in zip(cuts[:-1], cuts[1:]))
     return out
 
 
-def _memory_rows(state: dict[str, Any], rows: Tensor) -> dict[str, Any]:
-    return {k: [leaf[rows] for leaf in leaves] for k, leaves in state.items()}
+def _piece_states(memory: list[dict[str, Any]], pieces: list[tuple[int, int, int]], every: int) -> tuple[dict[str, Any], Tensor]:
+    """The carried memories' states a batch of pieces starts from (leaves (S, ...) per memory) and which pieces start
+    afresh (S,): a piece at a multiple of `every` goes on from the state kept there, one cut at an episode start
+    (or kept as none: the memory had not been used yet) starts fresh."""
+    keys = next((list(m) for m in memory if m), [])
+    fresh = torch.tensor([a % every != 0 or not memory[a // every] for _, a, _ in pieces], dtype=torch.bool)
+    if not keys:
+        return {}, fresh
+    ref = next(m for m in memory if m)
+    state = {}
+    for k in keys:
+        leaves = []
+        for j, leaf in enumerate(ref[k]):
+            rows = [leaf.new_zeros(leaf.shape[1:]) if f else memory[a // every][k][j][e] for (e, a, _), f in zip(pieces, fresh)]
+            leaves.append(torch.stack(rows))
+        state[k] = leaves
+    return state, fresh
 
 
 def _snapshot(agent: Any) -> dict[str, Any]:
@@ -222,9 +244,12 @@ class PPO(StatelessLearner):
         actions = torch.zeros(T, N, dtype=torch.long, device=dev)
         logprobs, values, rewards = (torch.zeros(T, N, device=dev) for _ in range(3))
         starts = torch.zeros(T, N, dtype=torch.bool, device=dev)
-        memory = _snapshot(agent) if stepwise else {}
+        every = cfg.bptt or T
+        memory: list[dict[str, Any]] = []
         agent.eval()
         for t in range(T):
+            if stepwise and t % every == 0:
+                memory.append(_snapshot(agent))
             obs_t[t], starts[t] = state["obs"], state["start"]
             a, logprobs[t], values[t] = self._act(agent, critic, state["obs"], task, stepwise, ctx.generator)
             actions[t] = a
@@ -243,11 +268,13 @@ class PPO(StatelessLearner):
 
     # ---------------------------------------------------------------- learning
     def _minibatches(self, rollout: Rollout, stepwise: bool, gen: torch.Generator) -> Iterator[Any]:
-        """Index sets of one epoch: transitions (flat indices) or, for a carried memory, whole environments."""
+        """Minibatches of one epoch: transitions (flat indices) or, for a carried memory, pieces of sequences."""
         T, N = rollout.rewards.shape
         if stepwise:
-            order = torch.randperm(N, generator=gen)
-            yield from (("envs", idx) for idx in torch.tensor_split(order, min(self.cfg.num_minibatches, N)) if len(idx))
+            pieces = segments(rollout.starts, self.cfg.bptt)
+            order = torch.randperm(len(pieces), generator=gen)
+            for idx in torch.tensor_split(order, min(self.cfg.num_minibatches, len(pieces))):
+                yield ("pieces", [pieces[int(i)] for i in idx])
         else:
             order = torch.randperm(T * N, generator=gen)
             yield from (("flat", idx) for idx in torch.tensor_split(order, self.cfg.num_minibatches) if len(idx))
@@ -264,23 +291,19 @@ class PPO(StatelessLearner):
             obs = rollout.obs[t, e]
             logits = restrict_to_classes(agent(obs, task.id), task.classes)
             return logits, t, e, Batch(obs, rollout.actions[t, e], task.id)
-        pieces = segments(rollout.starts[:, idx.to(dev)])
+        pieces = idx
         S, L = len(pieces), max(b - a for _, a, b in pieces)
-        F_ = rollout.obs.shape[-1]
-        x = rollout.obs.new_zeros(S, L, F_)
+        x = rollout.obs.new_zeros(S, L, rollout.obs.shape[-1])
         rows_t, rows_e, rows_s, rows_l = [], [], [], []
-        env_of = torch.zeros(S, dtype=torch.long)
-        fresh = torch.zeros(S, dtype=torch.bool)
-        for s, (j, a, b) in enumerate(pieces):
-            e = int(idx[j])
+        for s, (e, a, b) in enumerate(pieces):
             x[s, : b - a] = rollout.obs[a:b, e]
-            env_of[s], fresh[s] = e, a > 0
             rows_t.append(torch.arange(a, b))
             rows_e.append(torch.full((b - a,), e))
             rows_s.append(torch.full((b - a,), s))
             rows_l.append(torch.arange(b - a))
-        _restore(agent, _memory_rows(rollout.memory, env_of.to(dev)))
-        agent.reset_memory(fresh.to(dev))  # later pieces of an environment start a new episode
+        start, fresh = _piece_states(rollout.memory, pieces, self.cfg.bptt or T)
+        _restore(agent, start)
+        agent.reset_memory(fresh.to(dev))  # pieces cut at an episode start begin with an empty memory
         out = agent(x, task.id)
         if out.dim() != 3:
             raise UserError("an agent with a memory carried across steps needs a backbone that keeps the step axis: "
@@ -327,9 +350,6 @@ class PPO(StatelessLearner):
                             "choose a learner for that kind (see `agentlab list`)")
         cfg = self.cfg
         stepwise = carries_state(agent)
-        if stepwise and cfg.num_minibatches > cfg.num_envs:
-            raise UserError(f"learner.num_minibatches={cfg.num_minibatches}: an agent with a carried memory is trained "
-                            f"on whole environments, so num_minibatches must be at most num_envs={cfg.num_envs}")
         if stepwise:
             check_stepwise(agent, ctx.device)
         budget = cfg.total_steps or task.train.budget_steps
