@@ -50,7 +50,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any, Iterator, Literal
 
 import numpy as np
 import torch
@@ -73,6 +73,8 @@ class PPOConfig(OptimizerConfig):
 
     lr: float = 2.5e-4
     """learning rate (annealed linearly to 0 over each task with `anneal_lr`)"""
+    optimizer: Literal["sgd", "adam", "rmsprop"] = "adam"
+    """optimiser, new for every task, over the policy's trainable parameters and the critic's"""
     grad_clip: float = 0.5
     """clip the global gradient norm to this value (cleanrl's max_grad_norm); 0 = off"""
     total_steps: int = 0

@@ -238,3 +238,19 @@ def test_refusals():
 def test_recipes_build():
     for name in ("rl-cartpole-finetune", "rl-cartpole-supsup", "rl-cartpole-po", "rl-minigrid", "rl-classic-control"):
         recipes.check_components(_resolved(name, []))
+
+
+@pytest.mark.parametrize("recipe, agents", [("rl-cartpole-supsup", {"supsup"}), ("rl-classic-control", {"finetune", "supsup"})])
+def test_recipes_run_from_the_command_line(tmp_path, capsys, recipe, agents):
+    from agentlab.cli import main
+
+    code = main(["run", recipe, "--out", str(tmp_path), "--no-progress", "--set", "stream.budget_steps=128",
+                 "--set", "stream.eval_episodes=2", "--set", "stream.n_tasks=2" if "cartpole" in recipe else "seed=0",
+                 "--set", "learner.num_envs=2", "--set", "learner.num_steps=16", "--set", "loop.checkpoint=false"])
+    assert code == 0, capsys.readouterr().err
+    (run_dir,) = list(tmp_path.iterdir())
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert set(summary["agents"]) == agents
+    for a in agents:
+        R = np.array(summary["agents"][a]["accuracy_matrix"], dtype=float)
+        assert R.shape[0] == (2 if "cartpole" in recipe else 3) and np.isfinite(np.diag(R)).all()
