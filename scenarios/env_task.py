@@ -203,7 +203,7 @@ def run_episodes(spec: EnvSpec, seeds: Sequence[int], act: Callable[[np.ndarray]
         envs.close()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def random_policy_return(spec: EnvSpec, episodes: int, seed: int) -> float:
     """Mean return of uniformly random actions over the protocol's episodes (actions seeded by `seed`)."""
     rng = np.random.default_rng(seed)

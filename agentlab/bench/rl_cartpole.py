@@ -71,7 +71,8 @@ def bench_rl_cartpole(args: BenchArgs, env: BuildEnv) -> BenchResult:
         steps = _env_steps(r, {"num_envs": agent.learner.cfg.num_envs, "num_steps": agent.learner.cfg.num_steps}, budget)
         rows.append({"agent": label, "avg_return": r.metrics["avg_acc"], "bwt": r.metrics.get("bwt", float("nan")),
                      "forgetting": r.metrics.get("forgetting", float("nan")), "after_training": diag,
-                     "final_returns": [round(v, 2) for v in raw], "train_s": r.timings["train_s"], "sps": steps / r.timings["train_s"]})
+                     "final_returns": [round(v, 2) for v in raw], "train_s": r.timings["train_s"],
+                     "sps": steps / r.timings["train_s"]})
     by = {row["agent"]: row for row in rows}
     ft, ss = by["finetune"], by["supsup"]
     solved = [v >= SOLVED for v in ft["after_training"] + ss["after_training"]]

@@ -50,6 +50,8 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
+from functools import partial
+from itertools import pairwise
 from typing import Any, Iterator, Literal
 
 import numpy as np
@@ -141,7 +143,7 @@ class Critic(nn.Module):
         super().__init__()
         sizes = [width, *hidden, 1]
         layers: list[nn.Module] = []
-        for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+        for i, (a, b) in enumerate(pairwise(sizes)):
             lin = nn.Linear(a, b)
             nn.init.orthogonal_(lin.weight, 1.0 if i == len(sizes) - 2 else math.sqrt(2))
             nn.init.zeros_(lin.bias)
@@ -188,7 +190,7 @@ def segments(starts: Tensor, every: int = 0) -> list[tuple[int, int, int]]:
     every = every or T
     for e in range(N):
         cuts = [0, *[t for t in range(1, T) if bool(starts[t, e]) or t % every == 0], T]
-        out.extend((e, a, b) for a, b in zip(cuts[:-1], cuts[1:]))
+        out.extend((e, a, b) for a, b in pairwise(cuts))
     return out
 
 
@@ -386,7 +388,7 @@ class PPO(StatelessLearner):
                 for _ in range(cfg.update_epochs):
                     kl = []
                     for item in self._minibatches(rollout, stepwise, ctx.generator):
-                        logged = driver.step(lambda item=item: self._loss(agent, critic, rollout, item, task))
+                        logged = driver.step(partial(self._loss, agent, critic, rollout, item, task))
                         kl.append(logged["approx_kl"])
                     if cfg.target_kl and float(np.mean(kl)) > cfg.target_kl:
                         break
@@ -400,7 +402,8 @@ class PPO(StatelessLearner):
             envs.close()
             agent.reset_memory()
 
-    def _log(self, ctx: Any, rollout: Rollout, episodes: list[tuple[float, float]], sps: float, env_steps: int, lr: float) -> None:
+    def _log(self, ctx: Any, rollout: Rollout, episodes: list[tuple[float, float]], sps: float, env_steps: int,
+             lr: float) -> None:
         step = ctx.global_step
         if episodes:
             r, length = zip(*episodes)

@@ -3,6 +3,7 @@ and replayed as they acted, isolation under SupSup, the recipes from the command
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from typing import Any
 
@@ -69,7 +70,8 @@ def test_segments_cut_at_episode_starts_and_every_bptt_steps():
 
 
 def test_run_trains_and_logs(tmp_path):
-    run_dir, results = run_recipe(_resolved("rl-cartpole-finetune", ["stream.n_tasks=2", "loop.log_every=1"]), run_dir=tmp_path / "run")
+    resolved = _resolved("rl-cartpole-finetune", ["stream.n_tasks=2", "loop.log_every=1"])
+    run_dir, results = run_recipe(resolved, run_dir=tmp_path / "run")
     r = results["finetune"]
     assert r.completed and r.R.shape == (2, 2) and not np.isnan(r.R).any()
     summary = json.loads((run_dir / "finetune" / "summary.json").read_text())
@@ -92,7 +94,7 @@ def test_same_seed_same_matrix_other_seed_other_policy():
         r = run(agent, stream, generator=gen, cfg=LoopConfig(checkpoint=False))
         return r.R, torch.cat([p.detach().flatten() for p in agent.parameters()])
 
-    (ra, pa), (rb, pb), (rc, pc) = once(0), once(0), once(1)
+    (ra, pa), (rb, pb), (_, pc) = once(0), once(0), once(1)
     np.testing.assert_array_equal(ra, rb)
     torch.testing.assert_close(pa, pb, rtol=0, atol=0)
     assert not torch.equal(pa, pc)
@@ -146,7 +148,7 @@ class StepCounter(AttachedMemory):
         return torch.zeros(batch_size, 1, device=device)
 
     def retrieve(self, x, state):
-        b, t, _ = x.shape
+        t = x.shape[1]
         r = state[:, None, :] + torch.arange(1, t + 1, dtype=x.dtype, device=x.device)[None, :, None]  # (B, T, 1)
         self.reads.append(r.detach()[..., 0])
         return r, state + t
@@ -240,7 +242,11 @@ def test_recipes_build():
         recipes.check_components(_resolved(name, []))
 
 
-@pytest.mark.parametrize("recipe, agents", [("rl-cartpole-supsup", {"supsup"}), ("rl-classic-control", {"finetune", "supsup"})])
+MINIGRID = pytest.mark.skipif(importlib.util.find_spec("minigrid") is None, reason="the minigrid extra is not installed")
+
+
+@pytest.mark.parametrize("recipe, agents", [("rl-cartpole-supsup", {"supsup"}), ("rl-classic-control", {"finetune", "supsup"}),
+                                            pytest.param("rl-minigrid", {"supsup"}, marks=MINIGRID)])
 def test_recipes_run_from_the_command_line(tmp_path, capsys, recipe, agents):
     from agentlab.cli import main
 

@@ -135,7 +135,7 @@ def test_refusals():
 
 
 def test_minigrid_missing_names_the_extra(monkeypatch):
-    import agentlab.extras as extras
+    from agentlab import extras
 
     real = extras.importlib.import_module
 
