@@ -112,21 +112,31 @@ def test_resume_mid_stream_gives_the_same_matrix(tmp_path, recipe, label, n):
     np.testing.assert_array_equal(res[label].b, full[label].b)
 
 
-def test_supsup_keeps_task_0_bit_identical():
+# Tiny settings of plasticity modules (the composition matrix's) and whether each isolates its tasks.
+PLASTICITY = {"supsup": ({}, True), "lora": ({"rank": 2}, True), "set": ({"epsilon": 2.0}, False),
+              "fnnsp": ({"modules": 2, "active_modules": 1, "new_modules_per_task": 1, "initial_active": 1}, True)}
+
+
+@pytest.mark.parametrize("name", PLASTICITY)
+def test_ppo_trains_any_plasticity_module_and_isolation_holds(name):
+    table, isolating = PLASTICITY[name]
     stream = _stream(n_tasks=2)
     env = BuildEnv(stream=stream)
-    agent = _agent(stream, plasticity=[registry.build("plasticity", {"name": "supsup"}, env)])
+    agent = _agent(stream, plasticity=[registry.build("plasticity", {"name": name, **table}, env)])
     gen = seed_everything(0)
     x = torch.randn(64, 4, generator=torch.Generator().manual_seed(1))
     ctx = FitContext(generator=gen, task_index=0, n_tasks=2)
     for i in range(2):
         agent.start_task(stream[i])
+        trained = [p.detach().clone() for p in agent.trainable_parameters()]
         agent.learner.fit(agent, stream[i], ctx)
+        assert any(not torch.equal(a, b) for a, b in zip(trained, agent.trainable_parameters()))  # it learned
         agent.end_task(stream[i])
         if i == 0:
             before = agent(x, 0).detach().clone()
-    assert torch.equal(agent(x, 0), before)
-    assert not torch.equal(agent(x, 1), before)
+    assert ctx.global_step > 0
+    if isolating:
+        assert torch.equal(agent(x, 0), before)
 
 
 # ---------------------------------------------------------------------------- memories
