@@ -103,9 +103,9 @@ class Experts(PlasticityModule):
     def attach(self, backbone: nn.Module) -> None:
         object.__setattr__(self, "_backbone", backbone)  # a reference: the agent owns the backbone
         self.layers = select_moe_layers(backbone, self.cfg, self.name)
-        self._apply()
+        self._route()
 
-    def _apply(self) -> None:
+    def _route(self) -> None:
         """Set every layer's visible groups for the current task (group 0 only without one, or disabled)."""
         groups = self.views.get(self.task, 1) if (self.enabled and self.task is not None) else 1
         for _, layer in self.layers:
@@ -123,12 +123,12 @@ class Experts(PlasticityModule):
     def disabled(self) -> Iterator[None]:
         """Inside, every MoE layer routes over its own experts only (the backbone as built)."""
         old, self.enabled = self.enabled, False
-        self._apply()
+        self._route()
         try:
             yield
         finally:
             self.enabled = old
-            self._apply()
+            self._route()
 
     # ------------------------------------------------------------------ task hooks
     def on_task_start(self, task: Any) -> None:
@@ -163,7 +163,7 @@ class Experts(PlasticityModule):
 
     def set_task(self, task_id: int | None) -> None:
         self.task = None if task_id is None else int(task_id)
-        self._apply()
+        self._route()
 
     # ------------------------------------------------------------------ routing loss and task inference
     def extra_loss(self, batch: Any, output: Tensor) -> dict[str, Tensor]:
@@ -249,7 +249,7 @@ class Experts(PlasticityModule):
     def set_extra_state(self, state: dict[str, Any]) -> None:
         self.views = {int(k): int(v) for k, v in state.get("views", {}).items()}
         self.base_task = state.get("base_task")
-        self._apply()
+        self._route()
 
 
 @register("plasticity", "experts", ExpertsConfig)
