@@ -1,11 +1,11 @@
 """`moe`: an expert-choice ViT against a dense ViT with the same active parameters, and per-task experts on a stream.
 
-Part `fashion` (Fashion-MNIST, one 10-class task): two ViTs of 4 blocks, 4 heads, width 64 on 7x7
+Part `fashion` (Fashion-MNIST, one 10-class task), the `moe-fashion` recipe's two agents: ViTs of 4 blocks, 4 heads, width 64 on 7x7
 patches (17 tokens with the class token). The expert-choice ViT has an MoE in every block: 8
 experts of hidden width 64, capacity factor 2, so each token is processed by 2 experts on average
 (2 x 8.3k = 16.6k expert parameters per token and block); the dense ViT's MLPs have hidden width
 128 (16.5k). Both trained alike (Adam 1e-3, cosine to 0, batch 128; full: 10 epochs on 60,000
-images, quick: 2 epochs on 3,000). Reported: test accuracy, training seconds (one process, one
+images, quick: 2 epochs on 3,000 and 1,000 test images). Reported: test accuracy, training seconds (one process, one
 thread), parameters, and the routing figures over the whole test set: the maximum over layers,
 batches and experts of tokens processed / capacity (exactly 1 by construction), the share of tokens
 no expert took (the residual path carries them), experts per token and router entropy.
@@ -34,15 +34,12 @@ import time
 from typing import Any
 
 from agentlab.bench import BenchArgs, BenchResult, goal, n_params, register_bench
-from agentlab.bench._sparse_common import fresh_tb_dir, one_thread, say, sync, tb_dir, vision_task
+from agentlab.bench._sparse_common import fresh_tb_dir, one_thread, say, sync, tb_dir
 from agentlab.datasets import data_root
 from agentlab.errors import UserError
 from agentlab.registry import BuildEnv
 
-VIT = {"patch_size": 7, "dim": 64, "depth": 4, "heads": 4}
-MOE = {"experts": 8, "capacity": 2.0, "hidden": 64, "every": 1}
-DENSE_RATIO = MOE["capacity"] * MOE["hidden"] / VIT["dim"]  # same expert parameters per token: c x hidden
-FASHION = {"full": {"epochs": 10, "train_n": 0, "test_n": 0}, "quick": {"epochs": 2, "train_n": 3000, "test_n": 1000}}
+FASHION = {"full": [], "quick": ["stream.max_per_task=3000", "stream.max_eval_per_task=1000", "learner.epochs=2"]}
 SPLIT = {"full": [], "quick": ["stream.max_per_task=2000", "stream.max_eval_per_task=300", "learner.epochs=2"]}
 PARTS = ("fashion", "split")
 
@@ -79,29 +76,38 @@ def _active_expert_params(vit: Any) -> float:
     return sum(per_block) / len(per_block)
 
 
-def part_fashion(args: BenchArgs, root: Any) -> tuple[dict[str, float], list[dict[str, Any]], str]:
-    import torch
+def _recipe_agents(name: str, overrides: list[str], args: BenchArgs, root: Any) -> tuple[Any, Any, Any]:
+    """(resolved recipe, its stream, BuildEnv) of a shipped recipe with overrides; agents are built by the caller."""
+    from agentlab import recipe as recipes
+    from agentlab.seeding import seed_everything
 
-    from agentlab.agent import Agent
-    from agentlab.backbones.moe import MoEConfig
-    from agentlab.backbones.vit import ViT
+    rname, table = recipes.read_recipe(name)
+    resolved = recipes.resolve(rname, recipes.apply_overrides(table, [f"seed={args.seed}", *overrides]))
+    env = BuildEnv(seed=resolved.seed, data_root=root, device=args.device)
+    seed_everything(resolved.seed)
+    stream = recipes.build_stream(resolved, env)
+    env.stream = stream
+    return resolved, stream, env
+
+
+def part_fashion(args: BenchArgs, root: Any) -> tuple[dict[str, float], list[dict[str, Any]], str]:
+    from agentlab import recipe as recipes
     from agentlab.bench._sparse_common import fit_one_task
-    from agentlab.learners.finetune import FineTune
-    from agentlab.learners.sgd import SGDConfig
+    from agentlab.seeding import seed_everything
     from agentlab.tblog import TBLogger
 
-    p = FASHION["quick" if args.quick else "full"]
-    task = vision_task("fashion", root, train_n=p["train_n"], test_n=p["test_n"])
+    overrides = FASHION["quick" if args.quick else "full"]
+    resolved, stream, env = _recipe_agents("moe-fashion", overrides, args, root)
+    task = stream[0]
     rows, metrics = [], {}
-    for label, kw in (("moe", {"moe": MoEConfig(**MOE)}), ("dense_same_active", {"mlp_ratio": DENSE_RATIO})):
-        torch.manual_seed(args.seed)
-        vit = ViT(image_size=(28, 28), channels=1, out_features=10, **VIT, **kw)
-        learner = FineTune(SGDConfig(epochs=p["epochs"], lr=1e-3, batch_size=128, optimizer="adam", lr_schedule="cosine"))
-        agent = Agent(vit, learner=learner, label=label)
+    for label, spec in resolved.agents.items():
+        seed_everything(resolved.seed)
+        agent = recipes.build_agent(label, spec, env)
+        vit = agent.backbone
         log = TBLogger(tb_dir("moe", args.quick) / "fashion" / label)
         try:
             acc, train_s = fit_one_task(agent, task, seed=args.seed, log=log, device=args.device)
-            routing = _routing_over(agent, task, args.device) if label == "moe" else {}
+            routing = _routing_over(agent, task, args.device) if vit.scalars() else {}
             for k, v in vit.scalars().items():
                 log.scalar(f"backbone/{k}", v, 0)
             for k, img in vit.images().items():
@@ -115,19 +121,17 @@ def part_fashion(args: BenchArgs, root: Any) -> tuple[dict[str, float], list[dic
         metrics[f"{label}_acc"] = acc
         metrics[f"{label}_train_s"] = train_s
         metrics[f"{label}_params"] = float(n_params(vit))
-        if label == "moe":
+        if routing:
             metrics.update(routing)
-    metrics["dense_same_active_acc"] = metrics.pop("dense_same_active_acc")
     metrics["dense_train_s"] = metrics.pop("dense_same_active_train_s")
-    notes = (f"fashion: ViT {VIT}, MoE {MOE} vs dense mlp_ratio {DENSE_RATIO:g}; {p['epochs']} epochs on {len(task.train):,} "
-             f"images, {len(task.eval):,} test; active MLP parameters per token and block: "
+    notes = (f"fashion: recipe moe-fashion with {overrides}; {len(task.train):,} training images, {len(task.eval):,} test; "
+             "active MLP parameters per token and block: "
              + ", ".join(f"{r['agent']} {r['active_mlp_params_per_token_and_block']:,.0f}" for r in rows))
     return metrics, rows, notes
 
 
-def part_split(args: BenchArgs) -> tuple[dict[str, float], list[dict[str, Any]], str]:
+def part_split(args: BenchArgs, root: Any) -> tuple[dict[str, float], list[dict[str, Any]], str]:
     import numpy as np
-    import torch
 
     from agentlab import recipe as recipes
     from agentlab.context import FitContext
@@ -136,13 +140,8 @@ def part_split(args: BenchArgs) -> tuple[dict[str, float], list[dict[str, Any]],
     from agentlab.seeding import seed_everything
     from agentlab.tblog import TBLogger
 
-    name, table = recipes.read_recipe("moe-split-fashion")
-    overrides = [f"seed={args.seed}", *SPLIT["quick" if args.quick else "full"]]
-    resolved = recipes.resolve(name, recipes.apply_overrides(table, overrides))
-    env = BuildEnv(seed=resolved.seed, data_root=data_root(args.data_root or None), device=args.device)
-    seed_everything(resolved.seed)
-    stream = recipes.build_stream(resolved, env)
-    env.stream = stream
+    overrides = SPLIT["quick" if args.quick else "full"]
+    resolved, stream, env = _recipe_agents("moe-split-fashion", overrides, args, root)
     tasks = [stream[i] for i in range(len(stream))]
     metrics, rows = {}, []
     for label, spec in resolved.agents.items():
@@ -206,18 +205,19 @@ def bench_moe(args: BenchArgs, env: BuildEnv) -> BenchResult:
     if unknown:
         raise UserError(f"moe has no part {unknown[0]!r}; parts: {', '.join(PARTS)}")
     parts = list(args.only) or list(PARTS)
+    root = data_root(args.data_root or env.data_root)
     metrics: dict[str, float] = {}
     rows: list[dict[str, Any]] = []
     notes, goals = [], {}
     if "fashion" in parts:
-        m, r, n = part_fashion(args, data_root(args.data_root or env.data_root))
+        m, r, n = part_fashion(args, root)
         metrics.update(m), rows.extend(r), notes.append(n)
         goals["max over experts of tokens processed / capacity = 1"] = goal(m["max_load_ratio"] == 1.0, f"{m['max_load_ratio']:.4f}")
         goals["expert-choice ViT within 1 point of the dense ViT of the same active parameters"] = goal(
             m["moe_acc"] >= m["dense_same_active_acc"] - 0.01,
             f"{100 * m['moe_acc']:.2f}% vs {100 * m['dense_same_active_acc']:.2f}%")
     if "split" in parts:
-        m, r, n = part_split(args)
+        m, r, n = part_split(args, root)
         metrics.update(m), rows.extend(r), notes.append(n)
         goals["per-task experts: class-IL BWT >= -1 point"] = goal(m["moe_stream_bwt"] >= -0.01, f"{100 * m['moe_stream_bwt']:+.2f} points")
         goals["per-task experts: BWT >= -1 point with the task given"] = goal(
