@@ -79,3 +79,12 @@ def test_streams_from_the_registry(tmp_path):
     assert t.classes == (4, 5) and set(t.train.y.tolist()) == {4, 5} and len(t.train) == 40
     dom = registry.build("stream", {"name": "split-cifar10", "scenario": "domain"}, env)
     assert set(dom[2].train.y.tolist()) == {0, 1}
+
+
+def test_the_command_line_names_the_missing_files_and_exits_2(tmp_path, capsys):
+    from agentlab.cli import main
+
+    rc = main(["run", "vit-cifar10", "--data-root", str(tmp_path / "empty"), "--out", str(tmp_path / "runs"), "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "cifar-10-batches-py/data_batch_1" in err and "Traceback" not in err
+    assert not (tmp_path / "empty").exists()  # nothing written outside the run's directory
