@@ -86,6 +86,7 @@ class Agent(nn.Module):
         self._memories = [m for m in self.backbone.modules() if isinstance(m, MemoryModule)] + list(self.extra_memory)
         self.current_task: int | None = None
         self.current_task_view: int | None = None  # the task every module is set to now
+        self.task_classes: dict[int, tuple[int, ...] | None] = {}  # the classes each task trained, for inferred tasks
 
     # ------------------------------------------------------------------ structure
     def memories(self) -> list[MemoryModule]:
@@ -99,6 +100,8 @@ class Agent(nn.Module):
     # ------------------------------------------------------------------ task hooks
     def start_task(self, task: Any) -> None:
         self.current_task = task.id
+        classes = getattr(task, "classes", None)
+        self.task_classes[int(task.id)] = tuple(int(c) for c in classes) if classes is not None else None
         self.ports.reset("task")
         for p in self.plasticity:
             p.on_task_start(task)
@@ -180,7 +183,9 @@ class Agent(nn.Module):
         """Outputs for `x`; without a task label, tasks are inferred where a module can.
 
         Returns `(outputs, inferred_task_ids or None)`. Examples are grouped by
-        their inferred task so each group runs through its own sub-network.
+        their inferred task so each group runs through its own sub-network, and its
+        logits are restricted to that task's classes where the task named them when it
+        trained: once the task is known, so are its classes (a multi-head read-out).
         """
         if task_id is not None:
             return self(x, task_id), None
@@ -192,6 +197,9 @@ class Agent(nn.Module):
         for t in torch.unique(guess).tolist():
             rows = (guess == t).nonzero().squeeze(1)
             y = self(x[rows], int(t))
+            classes = self.task_classes.get(int(t))
+            if classes is not None and isinstance(y, Tensor):
+                y = restrict_to_classes(y, classes)
             if out is None:
                 out = y.new_empty((x.shape[0], *y.shape[1:]))
             out[rows] = y
@@ -214,10 +222,12 @@ class Agent(nn.Module):
         return 0
 
     def get_extra_state(self) -> dict[str, Any]:
-        return {"memory_states": self.ports.get_state()}
+        return {"memory_states": self.ports.get_state(),
+                "task_classes": {str(t): (list(c) if c is not None else None) for t, c in self.task_classes.items()}}
 
     def set_extra_state(self, state: dict[str, Any]) -> None:
         self.ports.set_state(state.get("memory_states", {}))
+        self.task_classes = {int(t): (tuple(c) if c is not None else None) for t, c in state.get("task_classes", {}).items()}
 
     # ------------------------------------------------------------------ reporting
     def scalars(self) -> dict[str, float]:

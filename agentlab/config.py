@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from typing import Any, Iterable, Literal, Mapping, TypeVar, Union, get_args, get_origin
@@ -97,7 +98,13 @@ def coerce(tp: Any, value: Any, key: str) -> Any:
             return value
     elif tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
+            try:
+                number = float(value)
+            except OverflowError:  # an integer beyond any float
+                number = math.inf
+            if math.isfinite(number):
+                return number
+            raise ConfigError(f"{key}={value!r} is not allowed: {key} must be a finite number")
     elif tp is str:
         if isinstance(value, str):
             return value
@@ -114,6 +121,8 @@ def build_config(cls: type[T], table: Mapping[str, Any] | None, *, where: str = 
 
     `where` is the dotted path of the table in the recipe, used in messages.
     """
+    if table is not None and not isinstance(table, Mapping):
+        raise ConfigError(f"{where or 'config'}={table!r} is not allowed: {where or 'config'} must be a table")
     table = dict(table or {})
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
@@ -153,6 +162,8 @@ def set_path(table: dict[str, Any], dotted: str, value: Any) -> None:
     Integer parts index into arrays of tables (`plasticity.0.sparsity`).
     """
     parts = dotted.split(".")
+    if not isinstance(table, dict):
+        raise ConfigError(f"--set {dotted}: the table it would change is a value ({table!r}), not a table")
     node: Any = table
     for i, part in enumerate(parts[:-1]):
         here = ".".join(parts[: i + 1])

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import copy
 import math
-import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,12 +24,13 @@ import numpy as np
 import torch
 
 from agentlab import metrics as M
-from agentlab.checkpoint import load_latest, save_checkpoint
 from agentlab.config import check
 from agentlab.context import FitContext, NonFiniteLoss, StopRequested
+from agentlab.errors import os_error_text
 from agentlab.evaluate import evaluate
 from agentlab.ledger import ledger, ledger_scalars
-from agentlab.seeding import rng_state, set_rng_state
+from agentlab.runstate import Checkpointer, Interrupt
+from agentlab.runstate import resume as resume_from
 from agentlab.summary import write_summary
 
 
@@ -83,38 +83,6 @@ class RunResult:
         return self.status == "completed"
 
 
-class _Interrupt:
-    """Turns Ctrl-C into a flag the training step checks, so the loop can save and flush first."""
-
-    def __init__(self) -> None:
-        self.requested = False
-        self._old: Any = None
-
-    def __enter__(self) -> "_Interrupt":
-        try:
-            self._old = signal.signal(signal.SIGINT, self._handle)
-        except ValueError:  # not the main thread
-            self._old = None
-        return self
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        if self.requested:  # a second Ctrl-C stops at once
-            raise KeyboardInterrupt
-        self.requested = True
-
-    def __exit__(self, *exc: Any) -> None:
-        if self._old is not None:
-            signal.signal(signal.SIGINT, self._old)
-
-
-def _agent_state(agent: Any) -> dict[str, Any]:
-    learner = agent.learner
-    return {
-        "agent": agent.state_dict(),
-        "learner": learner.state_dict() if learner is not None else {},
-    }
-
-
 def run(
     agent: Any,
     stream: Any,
@@ -142,24 +110,20 @@ def run(
     device = cfg.device
     agent.to(device)
     init_agent = copy.deepcopy(agent)  # the untrained agent, for the FWT baseline b[j]
-    ckpt_dir = out_dir / "checkpoints" if out_dir is not None else None
+    entries = None
 
     if resume:
-        if ckpt_dir is None:
+        if out_dir is None:
             raise ValueError("resume needs an out_dir holding checkpoints")
-        found = load_latest(ckpt_dir)
-        if found is not None:
-            _, state = found
-            init_agent.load_state_dict(state["init_agent"])
-            agent.load_state_dict(state["agent"])
-            if agent.learner is not None:
-                agent.learner.load_state_dict(state["learner"])
-            loop = state["loop"]
-            R, b = loop["R"].numpy().copy(), loop["b"].numpy().copy()
+        loop = resume_from(out_dir, agent=agent, init_agent=init_agent, generator=generator, n_tasks=T, label=agent.label)
+        if loop is not None:
+            R, b, entries = loop["R"], loop["b"], loop["entries"]
             history, ledgers, timings = loop["history"], loop["ledger"], loop["timings"]
             task_names, inference = loop["task_names"], loop["task_inference"]
-            start_task, global_step = int(loop["next_task"]), int(loop["global_step"])
-            set_rng_state(state["rng"], generator)
+            start_task, global_step = loop["next_task"], loop["global_step"]
+    ckpt = None
+    if out_dir is not None and cfg.checkpoint:
+        ckpt = Checkpointer(out_dir, n_tasks=T, keep=cfg.keep_checkpoints, entries=entries)
 
     def log_scalar(tag: str, v: float, step: int) -> None:
         if logger is not None:
@@ -173,7 +137,7 @@ def run(
 
     status, message = "completed", ""
     done_this_call = 0
-    with _Interrupt() as interrupt:
+    with Interrupt() as interrupt:
         stop = should_stop or (lambda: interrupt.requested)
         try:
             for i in range(start_task, T):
@@ -223,21 +187,10 @@ def run(
                 if logger is not None:
                     _log_task(logger, agent, R, b, figures, entry, i, inference.get(f"{i:03d}"))
                 done_this_call += 1
-                if ckpt_dir is not None and cfg.checkpoint:
-                    save_checkpoint(
-                        ckpt_dir, i,
-                        {
-                            **_agent_state(agent),
-                            "init_agent": init_agent.state_dict(),
-                            "loop": {
-                                "next_task": i + 1, "global_step": global_step, "R": torch.from_numpy(R.copy()),
-                                "b": torch.from_numpy(b.copy()), "history": history, "ledger": ledgers,
-                                "timings": timings, "task_names": task_names, "task_inference": inference,
-                            },
-                            "rng": rng_state(generator),
-                        },
-                        keep=cfg.keep_checkpoints,
-                    )
+                if ckpt is not None:
+                    ckpt.save(i, agent=agent, init_agent=init_agent, R=R, b=b, global_step=global_step, history=history,
+                              ledger=ledgers, timings=timings, task_names=task_names, task_inference=inference,
+                              generator=generator)
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix(task=i, step=global_step, acc=f"{100 * figures['avg_acc']:.1f}")
@@ -245,14 +198,21 @@ def run(
                     status, message = "interrupted", f"stopped after task {i} (stop_after_tasks)"
                     break
         except StopRequested:
-            status, message = "interrupted", "stopped by request (Ctrl-C); resume with `agentlab run --resume DIR`"
+            by = interrupt.signal_name or "request"
+            status, message = "interrupted", f"stopped by {by}; resume with `agentlab run --resume DIR`"
         except NonFiniteLoss as e:
             status, message = "failed", str(e)
+        except OSError as e:  # a write that failed (permission, no space, file size limit, a file for a folder)
+            status, message = "failed", f"I/O error: {os_error_text(e)}"
         finally:
             if bar is not None:
                 bar.close()
             if logger is not None:
-                logger.flush()
+                try:
+                    logger.flush()
+                except OSError as e:
+                    if status == "completed":
+                        status, message = "failed", f"I/O error: {os_error_text(e)}"
 
     n_done = len(history)
     final = {k: v for k, v in history[-1].items() if k != "task"} if history else {}
@@ -264,7 +224,11 @@ def run(
         status=status, message=message, task_inference=inference, out_dir=out_dir,
     )
     if out_dir is not None:
-        write_summary(out_dir / "summary.json", result, config_record or {})
+        try:
+            write_summary(out_dir / "summary.json", result, config_record or {})
+        except OSError as e:
+            if result.completed:
+                result.status, result.message = "failed", f"I/O error: {os_error_text(e)}"
     return result
 
 

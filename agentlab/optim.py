@@ -74,7 +74,13 @@ class KeptOptimizer:
             return self.optimizer
         self.optimizer = make_optimizer(params, cfg)
         if cfg.keep_optimizer and self._pending is not None:
+            lrs = [g["lr"] for g in self.optimizer.param_groups]
             self.optimizer.load_state_dict(self._pending)
+            # the rates come from the config, not the checkpoint: a resume may lower them (`--resume --set learner.lr`)
+            for g, lr in zip(self.optimizer.param_groups, lrs):
+                g["lr"] = lr
+                if "initial_lr" in g:
+                    g["initial_lr"] = lr
         self._pending = None
         return self.optimizer
 

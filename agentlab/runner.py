@@ -1,9 +1,11 @@
 """From a resolved recipe to a finished run directory: every agent of the recipe over one stream.
 
-    runs/{stream}__{recipe}__{seed}__{time}/
+    runs/{stream}__{recipe}__{seed}__{time}[-N]/    created exclusively (-N when the name is taken)
+        .lock              locked while config.json or summary.json is written (agentlab.rundir)
         config.json        the resolved recipe (after --set), the seed, the data root
         summary.json       every agent's metrics and accuracy matrix
-        <agent>/           TensorBoard events, summary.json and checkpoints of one agent
+        <agent>/           TensorBoard events, summary.json and checkpoints of one agent (agentlab.runstate),
+            .lock          locked by the process training this agent
 
 Each agent starts from the same seed, so agents of one recipe share their
 backbone's initial weights and the data order of the first task.
@@ -12,23 +14,30 @@ backbone's initial weights and the data order of the first task.
 from __future__ import annotations
 
 import json
-import time
+import os
+import shutil
+import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
+
+import numpy as np
 
 from agentlab import recipe as recipes
-from agentlab.checkpoint import atomic_write_text
+from agentlab.checkpoint import NoUsableCheckpoint, atomic_write_text
+from agentlab.config import ConfigError
 from agentlab.devices import check_device
-from agentlab.errors import UserError
+from agentlab.errors import UserError, os_error_text
 from agentlab.loop import RunResult, run
 from agentlab.registry import BuildEnv
+from agentlab.rundir import LockedError, RunLock, check_out_root, check_writable, create_run_dir, inside, run_dir_name
+from agentlab.runstate import CHECKPOINTS, forget_checkpoints, peek_global_step
 from agentlab.seeding import seed_everything
-from agentlab.summary import jsonable, package_versions, read_summary
+from agentlab.summary import jsonable, package_versions, read_summary, write_summary
 from agentlab.tblog import TBLogger, flatten_dict
 
 
-def run_dir_name(stream: str, recipe: str, seed: int) -> str:
-    return f"{stream}__{recipe}__{seed}__{time.strftime('%Y%m%d-%H%M%S')}"
+def _stderr(line: str) -> None:
+    print(line, file=sys.stderr)
 
 
 def run_recipe(
@@ -37,11 +46,20 @@ def run_recipe(
     out_root: Path = Path("runs"),
     run_dir: Path | None = None,
     resume: bool = False,
+    restart: bool = False,
     data_root: Path | None = None,
     progress: bool = False,
     only: list[str] | None = None,
+    resume_overrides: list[str] | None = None,
+    notify: Callable[[str], None] = _stderr,
 ) -> tuple[Path, dict[str, RunResult]]:
-    """Run every agent of `resolved`; returns the run directory and each agent's result."""
+    """Run every agent of `resolved`; returns the run directory and each agent's result.
+
+    Bad input raises `UserError` before anything is written. A write that fails (permission, no space, file size
+    limit, a file where a folder should be) ends the agent with status "failed" and a message naming the path and
+    the cause; the summaries are still written where they can be. With `resume`, an agent whose checkpoints are all
+    unusable raises `NoUsableCheckpoint`, unless `restart`: then it is trained again from task 0.
+    """
     recipes.check_components(resolved)
     if only:
         unknown = [a for a in only if a not in resolved.agents]
@@ -49,77 +67,171 @@ def run_recipe(
             raise UserError(f"--agent {', '.join(map(repr, unknown))}: recipe {resolved.name!r} has no such agent; "
                             f"its agents: {', '.join(resolved.agents)}")
     check_device(resolved.loop.device, key="loop.device")
+    if resume and run_dir is None:
+        raise UserError("--resume needs a run directory")
+    if not resume and run_dir is None:
+        check_out_root(out_root)
     env = BuildEnv(seed=resolved.seed, data_root=data_root)
     seed_everything(resolved.seed, deterministic=resolved.deterministic)
     stream = recipes.build_stream(resolved, env)
+    check_matrix_fits(len(stream))
     env.stream = stream
+    created = run_dir is None
     if run_dir is None:
-        run_dir = Path(out_root) / run_dir_name(resolved.table["stream"]["name"], resolved.name, resolved.seed)
-    run_dir.mkdir(parents=True, exist_ok=True)
+        run_dir = create_run_dir(out_root, run_dir_name(resolved.table["stream"]["name"], resolved.name, resolved.seed))
+    else:
+        Path(run_dir).mkdir(parents=True, exist_ok=True)
+    run_dir = Path(run_dir)
     record = {
         "recipe": resolved.name,
         "table": resolved.table,
         "seed": resolved.seed,
         "data_root": str(data_root) if data_root else None,
+        "agents": list(only) if only else None,
         "versions": package_versions(),
     }
-    if not resume or not (run_dir / "config.json").is_file():
-        atomic_write_text(run_dir / "config.json", json.dumps(jsonable(record), indent=2))
     results: dict[str, RunResult] = {}
-    for label, spec in resolved.agents.items():
-        if only and label not in only:
-            continue
-        arm_dir = run_dir / label
-        if resume and (arm_dir / "summary.json").is_file():
-            if read_summary(arm_dir).get("status") == "completed":
-                results[label] = _result_from_summary(arm_dir)
+    with RunLock(run_dir, wait=True):
+        _write_config(run_dir, record, resume, resume_overrides or [])
+    try:
+        for label, spec in resolved.agents.items():
+            if only and label not in only:
                 continue
+            arm_dir = inside(run_dir, run_dir / label, f"agents.{label}")
+            try:
+                arm_dir.mkdir(exist_ok=True)
+                with RunLock(arm_dir, what=f"agent {label}'s folder"):
+                    done = _completed_result(arm_dir) if resume else None
+                    result = done or _run_agent(label, spec, resolved, stream, env, arm_dir, record, resume=resume,
+                                                restart=restart, progress=progress, notify=notify)
+            except OSError as e:
+                result = _failed(label, stream, arm_dir, f"I/O error: {os_error_text(e)}")
+                try:
+                    write_summary(arm_dir / "summary.json", result, {**record, "agent": label, "spec": spec})
+                except OSError:
+                    pass
+            results[label] = result
+            if not result.completed:
+                break
+    except LockedError:
+        raise  # another process trains this agent: leave everything to it
+    except UserError:
+        # bad input found while building an agent: a run directory this call created and nothing was trained
+        # in goes again; otherwise the agents done so far keep their summary
+        if created and not results:
+            shutil.rmtree(run_dir, ignore_errors=True)
+            raise
+        _write_run_summary_or_fail(run_dir, resolved, results, notify)
+        raise
+    _write_run_summary_or_fail(run_dir, resolved, results, notify)
+    return run_dir, results
+
+
+def _write_run_summary_or_fail(run_dir: Path, resolved: recipes.Resolved, results: dict[str, RunResult],
+                               notify: Callable[[str], None]) -> None:
+    try:
+        with RunLock(run_dir, wait=True):
+            write_run_summary(run_dir, resolved, results)
+    except OSError as e:
+        notify(f"agentlab: error: cannot write the run summary: {os_error_text(e)}")
+        for r in results.values():
+            if r.completed:
+                r.status, r.message = "failed", f"I/O error: {os_error_text(e)}"
+
+
+def check_matrix_fits(n_tasks: int) -> None:
+    """The loop holds a T x T accuracy matrix (float64) in memory: a stream too long for it is refused up front."""
+    if n_tasks < 1:
+        raise ConfigError("stream: it has no task")
+    need = 8 * n_tasks * n_tasks
+    try:
+        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # not knowable here: let the allocation decide
+        return
+    if need > ram // 4:
+        raise ConfigError(f"stream: its {n_tasks} tasks need a {n_tasks} x {n_tasks} accuracy matrix of {need / 1e9:.1f} GB; "
+                          f"this machine has {ram / 1e9:.1f} GB of memory: use fewer tasks")
+
+
+def _write_config(run_dir: Path, record: dict[str, Any], resume: bool, overrides: list[str]) -> None:
+    """config.json: written by a new run; on a resume with `--set`, the new table and the overrides recorded."""
+    path = run_dir / "config.json"
+    if not resume or not path.is_file():
+        atomic_write_text(path, json.dumps(jsonable(record), indent=2))
+    elif overrides:
+        old = json.loads(path.read_text(encoding="utf-8"))
+        old["table"] = record["table"]
+        old["resumed_with"] = [*old.get("resumed_with", []), overrides]
+        atomic_write_text(path, json.dumps(jsonable(old), indent=2))
+
+
+def _run_agent(label: str, spec: dict[str, Any], resolved: recipes.Resolved, stream: Any, env: BuildEnv, arm_dir: Path,
+               record: dict[str, Any], *, resume: bool, restart: bool, progress: bool,
+               notify: Callable[[str], None]) -> RunResult:
+    """One agent over the stream, resumed from its checkpoints when asked (and trained again when they are unusable
+    and `restart` says so)."""
+    check_writable(arm_dir)
+    checkpoints = arm_dir / CHECKPOINTS
+    if resolved.loop.checkpoint and (checkpoints.exists() or checkpoints.is_symlink()):
+        inside(arm_dir, checkpoints, f"agents.{label} checkpoints")
+        check_writable(checkpoints)  # (a file there fails here, before the first task)
+    purge_all = False
+    while True:
         generator = seed_everything(resolved.seed, deterministic=resolved.deterministic)
         agent = recipes.build_agent(label, spec, env)
         agent.to(resolved.loop.device)
         # On resume, TensorBoard drops training events logged after the checkpoint (the re-run repeats them).
-        # An arm with no checkpoint yet starts from nothing, resume or not.
-        purge = _checkpoint_step(arm_dir) if resume else None
+        # An arm with no checkpoint yet starts from nothing, resume or not; a restart drops every earlier event.
+        purge = 0 if purge_all else (peek_global_step(arm_dir, len(stream)) if resume else None)
         logger = TBLogger(arm_dir, purge_step=purge)
-        if purge is None:
-            hp = flatten_dict({"seed": resolved.seed, "stream": resolved.table["stream"], **spec})
-            logger.hparams_table(hp)
+        hp = flatten_dict({"seed": resolved.seed, "stream": resolved.table["stream"], **spec})
         try:
+            if purge is None or purge_all:
+                logger.hparams_table(hp)
             result = run(
                 agent, stream, generator=generator, out_dir=arm_dir, cfg=resolved.loop, logger=logger,
                 resume=resume, progress=progress, config_record={**record, "agent": label, "spec": spec},
             )
             if result.completed:
-                hp = flatten_dict({"seed": resolved.seed, "stream": resolved.table["stream"], **spec})
                 logger.hparams(hp, {k: v for k, v in result.metrics.items()})
+            return result
+        except NoUsableCheckpoint as e:
+            if not restart:
+                raise
+            notify(f"agentlab: {e}")
+            notify(f"agentlab: --restart: training agent {label} again from task 0")
+            forget_checkpoints(arm_dir)
+            resume, purge_all = False, True
         finally:
             logger.close()
-        results[label] = result
-        if not result.completed:
-            break
-    write_run_summary(run_dir, resolved, results)
-    return run_dir, results
 
 
-def _checkpoint_step(arm_dir: Path) -> int | None:
-    from agentlab.checkpoint import load_latest
+def _failed(label: str, stream: Any, arm_dir: Path, message: str) -> RunResult:
+    T = len(stream)
+    return RunResult(label=label, stream=getattr(stream, "name", "stream"), R=np.full((0, T), np.nan),
+                     b=np.full(T, np.nan), metrics={}, history=[], ledger=[], timings={"train_s": 0.0, "eval_s": 0.0},
+                     task_names=[], status="failed", message=message, out_dir=arm_dir)
 
-    found = load_latest(arm_dir / "checkpoints")
-    return int(found[1]["loop"]["global_step"]) + 1 if found else None
 
-
-def _result_from_summary(arm_dir: Path) -> RunResult:
-    import numpy as np
-
-    s = read_summary(arm_dir)
-    nan = lambda rows: np.array([[np.nan if v is None else v for v in r] for r in rows], dtype=float)
-    return RunResult(
-        label=s["label"], stream=s["stream"], R=nan(s["accuracy_matrix"]),
-        b=np.array([np.nan if v is None else v for v in s["untrained_accuracy"]], dtype=float),
-        metrics={k: (np.nan if v is None else v) for k, v in s["metrics"].items()}, history=s["history"], ledger=s["ledger"],
-        timings=s["timings"], task_names=s["tasks"], status=s["status"], message=s["message"],
-        task_inference=s.get("task_inference", {}), out_dir=arm_dir,
-    )
+def _completed_result(arm_dir: Path) -> RunResult | None:
+    """The result of an agent that already completed, from its summary.json; None when it did not complete or
+    its summary cannot be read whole (the resume then rebuilds it from the last checkpoint)."""
+    if not (arm_dir / "summary.json").is_file():
+        return None
+    try:
+        s = read_summary(arm_dir)
+        if not isinstance(s, dict) or s.get("status") != "completed":
+            return None
+        nan = lambda rows: np.array([[np.nan if v is None else v for v in r] for r in rows], dtype=float)
+        return RunResult(
+            label=s["label"], stream=s["stream"], R=nan(s["accuracy_matrix"]),
+            b=np.array([np.nan if v is None else v for v in s["untrained_accuracy"]], dtype=float),
+            metrics={k: (np.nan if v is None else v) for k, v in s["metrics"].items()}, history=s["history"],
+            ledger=s["ledger"], timings=s["timings"], task_names=s["tasks"], status=s["status"], message=s["message"],
+            task_inference=s.get("task_inference", {}), out_dir=arm_dir,
+        )
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, UserError):
+        return None
 
 
 def write_run_summary(run_dir: Path, resolved: recipes.Resolved, results: dict[str, RunResult]) -> None:
@@ -134,11 +246,24 @@ def write_run_summary(run_dir: Path, resolved: recipes.Resolved, results: dict[s
     atomic_write_text(run_dir / "summary.json", json.dumps(jsonable(body), indent=2))
 
 
-def load_run_config(run_dir: Path) -> tuple[str, dict[str, Any], Path | None]:
-    """(recipe name, resolved table, data root) saved in a run directory, for --resume."""
-    path = Path(run_dir) / "config.json"
+def load_run_config(run_dir: Path) -> tuple[str, dict[str, Any], Path | None, list[str] | None]:
+    """(recipe name, resolved table, data root, the agents run (None: all)) saved in a run directory, for --resume;
+    a `UserError` naming the file when it is missing or damaged."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise UserError(f"--resume {run_dir}: not a folder; give a run directory written by `agentlab run`")
+    path = run_dir / "config.json"
     if not path.is_file():
         raise UserError(f"{run_dir} has no config.json: --resume needs a directory written by `agentlab run`")
-    record = json.loads(path.read_text(encoding="utf-8"))
-    root = Path(record["data_root"]) if record.get("data_root") else None
-    return record["recipe"], record["table"], root
+    try:
+        record = json.loads(path.read_bytes().decode("utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise UserError(f"{path} is damaged ({e}); the run cannot be resumed from it") from None
+    if not isinstance(record, dict) or not isinstance(record.get("recipe"), str) or not isinstance(record.get("table"), dict):
+        raise UserError(f"{path} is damaged: it needs a 'recipe' name and a 'table'; the run cannot be resumed from it")
+    root, only = record.get("data_root"), record.get("agents")
+    if root is not None and not isinstance(root, str):
+        raise UserError(f"{path}: data_root={root!r} is not a path")
+    if only is not None and not (isinstance(only, list) and all(isinstance(a, str) for a in only)):
+        raise UserError(f"{path}: agents={only!r} is not a list of agent labels")
+    return record["recipe"], record["table"], Path(root) if root else None, only

@@ -171,14 +171,11 @@ class MiniRAG(MemoryModule):
 
 
 def store_state(s: EpisodeStore) -> dict[str, Any]:
-    return {"tokens": s.tokens, "keys": s.keys, "labels": s.labels, "inserted": s.inserted, "last_used": s.last_used,
-            "meta": list(s.meta), "clock": s.clock, "n_inserted": s.n_inserted}
+    return s.state()  # counters too: hit rate and latency continue across a resume
 
 
 def load_store_state(s: EpisodeStore, state: dict[str, Any]) -> None:
-    s.tokens, s.keys, s.labels = state["tokens"], state["keys"], state["labels"]
-    s.inserted, s.last_used, s.meta = state["inserted"], state["last_used"], list(state["meta"])
-    s.clock, s.n_inserted = int(state["clock"]), int(state["n_inserted"])
+    s.load_state(state)  # checked as a store file is: StoreCorruptError naming what is wrong
 
 
 class AttachedMiniRAG(AttachedMemory):

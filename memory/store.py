@@ -21,31 +21,40 @@ at 10^5 entries dominated retrieval latency (docs/memory-sense.md has the figure
 A retrieval is a *hit* when its best score reaches `hit_threshold`.
 
 Persistence: one safetensors file (tensors, no pickle) whose string metadata carries the
-configuration, the clock and the JSON metadata of every entry. Saving writes a temporary
-file in the same folder, fsyncs it and renames it over the target, so a crash never leaves
-half a store. Loading validates everything before it touches the store it loads into:
-a corrupt or foreign file raises `StoreCorruptError` naming the file and the problem and
-changes nothing (neither the store in memory nor any file).
+configuration, the counters (clock, insertions, queries, hits, summed retrieval latency), the
+JSON metadata of every entry and a SHA-256 over all of it and the tensors' bytes. Saving writes
+a temporary file in the same folder, fsyncs it and renames it over the target, so a crash never
+leaves half a store. Loading validates everything before it touches the store it loads into,
+and before it allocates anything: the header's declared length and the configuration's sizes
+are checked against the file's real size first, then the checksum, the tensors' dtypes and
+shapes and the counters' consistency. A corrupt or foreign file raises `StoreCorruptError`
+naming the file and the problem and changes nothing (neither the store in memory nor any file).
+A checkpoint carries the same state (`state()` / `load_state()`), counters included, so hit
+rate and latency statistics continue across a resume.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
+import os
 import time
 from pathlib import Path
-from typing import Any, NamedTuple, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from agentlab.checkpoint import atomic_write_bytes
+from agentlab.errors import UserError
 
-FORMAT = "agentlab-mini-rag/1"
+FORMAT = "agentlab-mini-rag/2"
 EVICTIONS = ("lru", "fifo")
 
 
-class StoreCorruptError(ValueError):
+class StoreCorruptError(UserError, ValueError):
     """A store file that cannot be read back; the message names the file and what is wrong."""
 
 
@@ -208,23 +217,49 @@ class EpisodeStore:
         return Retrieval(scores, slots, self.labels[slots], self.tokens[slots], hit)
 
     # ------------------------------------------------------------------ persistence
+    def config(self) -> dict[str, Any]:
+        return {"capacity": self.capacity, "key_dim": self.key_dim, "max_tokens": self.max_tokens, "eviction": self.eviction,
+                "hit_threshold": self.hit_threshold, "index": self.index, "ann_min_size": self.ann_min_size,
+                "nprobe": self.nprobe}
+
+    def counters(self) -> dict[str, Any]:
+        return {"clock": self.clock, "n_inserted": self.n_inserted, "n_queries": self.n_queries, "n_hits": self.n_hits,
+                "latency_s_total": self.latency_s_total}
+
+    def state(self) -> dict[str, Any]:
+        """Everything a checkpoint needs to continue this store exactly: tensors, metadata and counters."""
+        return {**{k: getattr(self, k) for k in TENSORS}, "meta": list(self.meta), "counters": self.counters()}
+
+    def load_state(self, state: dict[str, Any], *, source: str = "checkpoint") -> None:
+        """Take `state()`'s output back, checked as a file is; `StoreCorruptError` naming `source` changes nothing."""
+        if not isinstance(state, dict):
+            raise StoreCorruptError(f"mini-RAG store state in {source} is not a table")
+        counters = state.get("counters")
+        if counters is None and "clock" in state:  # checkpoints written before the counters travelled whole
+            counters = {"clock": state["clock"], "n_inserted": state.get("n_inserted"), "n_queries": 0, "n_hits": 0,
+                        "latency_s_total": 0.0}
+        tensors = {k: state.get(k) for k in TENSORS}
+        _check_content(self.config(), tensors, counters, state.get("meta"), lambda why: StoreCorruptError(
+            f"mini-RAG store state in {source} is corrupt: {why}"))
+        self._take(tensors, list(state["meta"]), counters)
+
+    def _take(self, tensors: dict[str, Tensor], meta: list[Any], counters: dict[str, Any]) -> None:
+        self.tokens, self.keys, self.labels = tensors["tokens"], tensors["keys"], tensors["labels"]
+        self.inserted, self.last_used, self.meta = tensors["inserted"], tensors["last_used"], meta
+        self.clock, self.n_inserted = int(counters["clock"]), int(counters["n_inserted"])
+        self.n_queries, self.n_hits = int(counters["n_queries"]), int(counters["n_hits"])
+        self.latency_s_total = float(counters["latency_s_total"])
+        self._ann = None
+
     def save(self, path: str | Path) -> None:
-        """Write the store atomically to `path` (safetensors; metadata as JSON strings)."""
+        """Write the store atomically to `path` (safetensors; metadata as JSON strings; a SHA-256 over everything)."""
         from safetensors.torch import save
 
-        tensors = {"tokens": self.tokens, "keys": self.keys, "labels": self.labels, "inserted": self.inserted,
-                   "last_used": self.last_used}
-        header = {
-            "format": FORMAT,
-            "config": json.dumps({"capacity": self.capacity, "key_dim": self.key_dim, "max_tokens": self.max_tokens,
-                                  "eviction": self.eviction, "hit_threshold": self.hit_threshold, "index": self.index,
-                                  "ann_min_size": self.ann_min_size, "nprobe": self.nprobe}),
-            "counters": json.dumps({"clock": self.clock, "n_inserted": self.n_inserted, "n_queries": self.n_queries,
-                                    "n_hits": self.n_hits, "latency_s_total": self.latency_s_total}),
-            "meta": json.dumps(self.meta),
-        }
-        data = save({k: v.contiguous() for k, v in tensors.items()}, metadata=header)
-        atomic_write_bytes(Path(path), data)
+        tensors = {k: getattr(self, k).contiguous() for k in TENSORS}
+        header = {"format": FORMAT, "config": json.dumps(self.config()), "counters": json.dumps(self.counters()),
+                  "meta": json.dumps(self.meta)}
+        header["sha256"] = _digest(tensors, header)
+        atomic_write_bytes(Path(path), save(tensors, metadata=header))
 
     @classmethod
     def load(cls, path: str | Path) -> "EpisodeStore":
@@ -237,42 +272,132 @@ class EpisodeStore:
             return StoreCorruptError(f"mini-RAG store file {path} is corrupt or not a store: {why}; the file was left untouched")
 
         try:
-            raw = path.read_bytes()
+            with open(path, "rb") as f:
+                size = os.fstat(f.fileno()).st_size
+                head = f.read(8)
+                if len(head) < 8:
+                    raise bad(f"it has {size} bytes, fewer than a safetensors header")
+                header_len = int.from_bytes(head, "little")
+                if not 2 <= header_len <= size - 8:  # the declared header must fit in the file before we read it
+                    raise bad(f"its header declares {header_len} bytes, the file has {size - 8} after the length")
+                header_bytes = f.read(header_len)
         except OSError as e:
-            raise bad(f"cannot read it ({e})") from None
+            raise bad(f"cannot read it ({e.strerror or e})") from None
         try:
-            tensors = load(raw)
-            header_len = int.from_bytes(raw[:8], "little")
-            header = json.loads(raw[8 : 8 + header_len]).get("__metadata__") or {}
+            header = json.loads(header_bytes.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError, RecursionError) as e:
+            raise bad(f"its header is not JSON ({type(e).__name__})") from None
+        if not isinstance(header, dict) or not isinstance(header.get("__metadata__"), dict):
+            raise bad("its header has no metadata")
+        meta_h = header["__metadata__"]
+        if meta_h.get("format") != FORMAT:
+            raise bad(f"format is {meta_h.get('format')!r}, expected {FORMAT!r}")
+        try:
+            cfg = json.loads(meta_h["config"])
+            counters = json.loads(meta_h["counters"])
+            meta = json.loads(meta_h["meta"])
+        except (KeyError, TypeError, ValueError, RecursionError) as e:
+            raise bad(f"bad header ({type(e).__name__}: {e})") from None
+        _check_config(cfg, bad)
+        # sizes against the real file before anything is allocated
+        c, e_dim, n = cfg["capacity"], cfg["key_dim"], cfg["max_tokens"]
+        expect = _expected(c, e_dim, n)
+        need = sum(math.prod(shape) * DTYPES[name][1] for name, (shape, _) in expect.items())
+        if need != size - 8 - header_len:
+            raise bad(f"its configuration (capacity={c}, key_dim={e_dim}, max_tokens={n}) needs {need} bytes of tensors, "
+                      f"the file holds {size - 8 - header_len}")
+        for name, (shape, dtype) in expect.items():
+            entry = header.get(name)
+            if not isinstance(entry, dict) or entry.get("dtype") != DTYPES[name][0] or entry.get("shape") != list(shape):
+                got = (entry.get("dtype"), entry.get("shape")) if isinstance(entry, dict) else "missing"
+                raise bad(f"tensor {name!r} is {got}, expected {DTYPES[name][0]} of shape {list(shape)}")
+        try:
+            tensors = load(path.read_bytes())
         except Exception as e:  # safetensors raises its own error types for truncation and bad headers
             raise bad(f"{type(e).__name__}: {e}") from None
-        if header.get("format") != FORMAT:
-            raise bad(f"format is {header.get('format')!r}, expected {FORMAT!r}")
-        try:
-            cfg = json.loads(header["config"])
-            counters = json.loads(header["counters"])
-            meta = json.loads(header["meta"])
-            store = cls(**cfg)
-        except Exception as e:
-            raise bad(f"bad header ({type(e).__name__}: {e})") from None
-        c, e_dim, n = store.capacity, store.key_dim, store.max_tokens
-        expect = {"tokens": (c, n), "keys": (c, e_dim), "labels": (c,), "inserted": (c,), "last_used": (c,)}
-        for name, shape in expect.items():
-            if name not in tensors or tuple(tensors[name].shape) != shape:
-                got = tuple(tensors[name].shape) if name in tensors else "missing"
-                raise bad(f"tensor {name!r} has shape {got}, expected {shape}")
-        if not isinstance(meta, list) or len(meta) != c:
-            raise bad(f"metadata has {len(meta) if isinstance(meta, list) else type(meta).__name__} entries, expected {c}")
-        if not torch.isfinite(tensors["keys"]).all():
-            raise bad("keys hold NaN or infinite values")
-        store.tokens, store.keys, store.labels = tensors["tokens"], tensors["keys"], tensors["labels"]
-        store.inserted, store.last_used, store.meta = tensors["inserted"], tensors["last_used"], meta
-        store.clock, store.n_inserted = int(counters["clock"]), int(counters["n_inserted"])
-        store.n_queries, store.n_hits = int(counters["n_queries"]), int(counters["n_hits"])
-        store.latency_s_total = float(counters["latency_s_total"])
+        if meta_h.get("sha256") != _digest(tensors, meta_h):
+            raise bad("its SHA-256 does not match its content (changed bytes)")
+        _check_content(cfg, tensors, counters, meta, bad)
+        store = cls(**cfg)
+        store._take({k: tensors[k] for k in TENSORS}, meta, counters)
         return store
 
     def restore(self, path: str | Path) -> None:
         """Replace this store's content by the file's; on any error this store is left exactly as it was."""
         other = EpisodeStore.load(path)
         self.__dict__.update(other.__dict__)
+
+
+# name -> (safetensors dtype, bytes per element) of every tensor a store holds
+DTYPES = {"tokens": ("I32", 4), "keys": ("F32", 4), "labels": ("I64", 8), "inserted": ("I64", 8), "last_used": ("I64", 8)}
+TENSORS = tuple(DTYPES)
+TORCH_DTYPES = {"I32": torch.int32, "F32": torch.float32, "I64": torch.int64}
+LIMITS = {"capacity": 10**9, "key_dim": 2**16, "max_tokens": 2**16, "ann_min_size": 10**9, "nprobe": 2**16}
+
+
+def _expected(c: int, e_dim: int, n: int) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+    shapes = {"tokens": (c, n), "keys": (c, e_dim), "labels": (c,), "inserted": (c,), "last_used": (c,)}
+    return {k: (shape, TORCH_DTYPES[DTYPES[k][0]]) for k, shape in shapes.items()}
+
+
+def _digest(tensors: dict[str, Tensor], header: dict[str, Any]) -> str:
+    """SHA-256 over the configuration, counters, metadata and every tensor's name, dtype, shape and bytes."""
+    h = hashlib.sha256()
+    for key in ("format", "config", "counters", "meta"):
+        h.update(f"{key}\0{header.get(key)}\0".encode("utf-8"))
+    for name in TENSORS:
+        t = tensors.get(name)
+        if not isinstance(t, Tensor):
+            return ""
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}\0{t.dtype}\0{tuple(t.shape)}\0".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _check_config(cfg: Any, bad: Callable[[str], Exception]) -> None:
+    if not isinstance(cfg, dict) or set(cfg) != {"capacity", "key_dim", "max_tokens", "eviction", "hit_threshold", "index",
+                                                  "ann_min_size", "nprobe"}:
+        raise bad(f"its configuration has keys {sorted(cfg) if isinstance(cfg, dict) else type(cfg).__name__}")
+    for key, top in LIMITS.items():
+        if not _is_int(cfg[key]) or not 1 <= cfg[key] <= top:
+            raise bad(f"{key}={cfg[key]!r}, expected an integer in [1, {top}]")
+    if cfg["eviction"] not in EVICTIONS or cfg["index"] not in ("exact", "ivf"):
+        raise bad(f"eviction={cfg['eviction']!r} / index={cfg['index']!r} are not known")
+    t = cfg["hit_threshold"]
+    if not isinstance(t, (int, float)) or isinstance(t, bool) or not -1 <= t <= 1:
+        raise bad(f"hit_threshold={t!r}, expected a number in [-1, 1]")
+
+
+def _check_content(cfg: dict[str, Any], tensors: dict[str, Any], counters: Any, meta: Any,
+                   bad: Callable[[str], Exception]) -> None:
+    """Dtypes, shapes, counters and their agreement with the slots (a store that would misbehave is refused)."""
+    for name, (shape, dtype) in _expected(cfg["capacity"], cfg["key_dim"], cfg["max_tokens"]).items():
+        t = tensors.get(name)
+        if not isinstance(t, Tensor) or tuple(t.shape) != shape or t.dtype != dtype:
+            got = f"{t.dtype} of shape {tuple(t.shape)}" if isinstance(t, Tensor) else "missing"
+            raise bad(f"tensor {name!r} is {got}, expected {dtype} of shape {shape}")
+    c = cfg["capacity"]
+    if not isinstance(meta, list) or len(meta) != c:
+        raise bad(f"metadata has {len(meta) if isinstance(meta, list) else type(meta).__name__} entries, expected {c}")
+    keys = ("clock", "n_inserted", "n_queries", "n_hits")
+    if not isinstance(counters, dict) or not all(_is_int(counters.get(k)) and counters[k] >= 0 for k in keys):
+        raise bad(f"counters {counters!r} are not integers >= 0 for {', '.join(keys)}")
+    lat = counters.get("latency_s_total")
+    if not isinstance(lat, (int, float)) or isinstance(lat, bool) or not math.isfinite(lat) or lat < 0:
+        raise bad(f"latency_s_total={lat!r}, expected a finite number >= 0")
+    if counters["n_hits"] > counters["n_queries"]:
+        raise bad(f"n_hits={counters['n_hits']} exceeds n_queries={counters['n_queries']}")
+    inserted, n_ins = tensors["inserted"], counters["n_inserted"]
+    if int((inserted >= 0).sum()) != min(n_ins, c) or (n_ins and int(inserted.max()) >= n_ins):
+        raise bad(f"the occupied slots do not agree with n_inserted={n_ins}")
+    if c and int(tensors["last_used"].max()) > counters["clock"]:
+        raise bad(f"a slot was used after the clock ({counters['clock']})")
+    if not torch.isfinite(tensors["keys"]).all():
+        raise bad("keys hold NaN or infinite values")
+    if c and (int(tensors["tokens"].min()) < -1 or int(tensors["labels"].min()) < -1):
+        raise bad("tokens or labels hold negative values other than -1 (empty)")

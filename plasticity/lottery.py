@@ -18,6 +18,7 @@ attach and trained as a fixed sparse sub-network: it never rewires.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -25,7 +26,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from agentlab.config import check
+from agentlab.config import ConfigError, check
 from agentlab.protocols import PlasticityModule
 from agentlab.registry import BuildEnv, register
 from agentlab.plasticity.sparse_figures import density_scalars, magnitude_histograms, magnitude_images, magnitude_scalars
@@ -53,6 +54,7 @@ class LotteryConfig(LayerTargets):
         check(0 < self.prune_fraction < 1, "prune_fraction", self.prune_fraction, "in (0, 1)")
         check(0 <= self.output_fraction < 1, "output_fraction", self.output_fraction, "in [0, 1)")
         check(not self.ticket or self.ticket.endswith(".pt"), "ticket", self.ticket, "'' or a path ending in .pt")
+        check(not self.ticket or Path(self.ticket).is_file(), "ticket", self.ticket, "'' or an existing ticket file")
 
 
 def _k_smallest(scores: Tensor, k: int) -> Tensor:
@@ -199,13 +201,27 @@ def save_ticket(module: Lottery, path: str | Path) -> Path:
 def load_ticket(module: Lottery, path: str | Path) -> None:
     """Apply a saved ticket's masks and initial values to an attached module (and remember them as its rewind point)."""
     if not Path(path).is_file():
-        raise FileNotFoundError(f"lottery ticket {path} not found; write one with agentlab.plasticity.lottery.save_ticket")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+        raise ConfigError(f"lottery ticket {path} not found; write one with agentlab.plasticity.lottery.save_ticket")
+    try:
+        with warnings.catch_warnings():  # torch's notes on a foreign file's pickle protocol: the error below says it
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # pickle, zip and torch errors of a damaged or foreign file
+        raise ConfigError(f"lottery ticket {path} cannot be read ({type(e).__name__}): not a file from save_ticket") from None
+    if not isinstance(state, dict) or not all(isinstance(state.get(k), dict) for k in ("masks", "values")):
+        raise ConfigError(f"lottery ticket {path} is not a file from save_ticket (no masks and values)")
     if set(module.layers) != set(state["masks"]):
-        raise ValueError(f"ticket {path} names layers {sorted(state['masks'])}, the module wraps {sorted(module.layers)}")
+        raise ConfigError(f"ticket {path} names layers {sorted(state['masks'])}, the module wraps {sorted(module.layers)}")
     params = dict(named_base_parameters(module.backbone))
     if set(params) != set(state["values"]):
-        raise ValueError(f"ticket {path} holds parameters {sorted(state['values'])}, the backbone has {sorted(params)}")
+        raise ConfigError(f"ticket {path} holds parameters {sorted(state['values'])}, the backbone has {sorted(params)}")
+    for k, p in params.items():
+        if not isinstance(state["values"][k], torch.Tensor) or state["values"][k].shape != p.shape:
+            raise ConfigError(f"ticket {path}: parameter {k} does not have the backbone's shape {tuple(p.shape)}")
+    for n, layer in module.layers.items():
+        m = state["masks"][n]
+        if not isinstance(m, torch.Tensor) or m.shape != layer.owner.shape:
+            raise ConfigError(f"ticket {path}: the mask of {n} does not have the layer's shape {tuple(layer.owner.shape)}")
     with torch.no_grad():
         for n, layer in module.layers.items():
             layer.owner.copy_(torch.where(state["masks"][n], 0, FREE).to(layer.owner.dtype))
@@ -213,7 +229,7 @@ def load_ticket(module: Lottery, path: str | Path) -> None:
             p.copy_(state["values"][k])
     module.remember()
     module._zero_pruned()
-    module.rounds = int(state["rounds"])
+    module.rounds = int(state.get("rounds", 0))
 
 
 @register("plasticity", "lottery", LotteryConfig)

@@ -24,3 +24,24 @@ def permuted_stream(n_tasks: int = 3, n: int = 400, d: int = 20, seed: int = 0) 
                     eval=Split(xp[300:], y[300:]), classes=(0, 1, 2, 3))
 
     return LazyStream("perm", "domain", n_tasks, make, n_classes=4, input_shape=(d,))
+
+
+# A run of the embedded default recipe in about a second: one agent, two steps a task.
+QUICK = ["--no-progress", "--agent", "finetune", "--set", "learner.epochs=1", "--set", "learner.max_steps=2"]
+
+
+def cli(*args: str) -> tuple[int, str, str]:
+    """`agentlab ARGS` in this process: (exit code, stdout, stderr). An exception escaping `main` (a traceback for
+    a user) propagates; argparse's exit (code 2 with its usage message) is returned as an exit code."""
+    import contextlib
+    import io
+
+    from agentlab.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            rc = main([str(a) for a in args])
+        except SystemExit as e:
+            rc = e.code if isinstance(e.code, int) else 2
+    return rc, out.getvalue(), err.getvalue()

@@ -15,6 +15,9 @@ from agentlab.data import Batch
 from agentlab.optim import OptimizerConfig, backward_step, with_terms
 
 
+MAX_UNCAPPED_EPOCHS = 100_000
+
+
 @dataclass(frozen=True)
 class SGDConfig(OptimizerConfig):
     """Optimisation settings shared by the supervised learners."""
@@ -34,6 +37,9 @@ class SGDConfig(OptimizerConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         check(self.epochs >= 1, "epochs", self.epochs, "an integer >= 1")
+        # a task must end: without a step cap, an epoch count beyond any real run is a typo (1e20), not a plan
+        check(self.epochs <= MAX_UNCAPPED_EPOCHS or self.max_steps > 0, "epochs", self.epochs,
+              f"at most {MAX_UNCAPPED_EPOCHS} unless max_steps > 0 caps the steps of a task")
         check(self.batch_size >= 1, "batch_size", self.batch_size, "an integer >= 1")
         check(self.max_steps >= 0, "max_steps", self.max_steps, "an integer >= 0")
         check(self.lr_schedule in ("constant", "cosine"), "lr_schedule", self.lr_schedule, "'constant' or 'cosine'")
