@@ -25,7 +25,7 @@ def _by_hand(layer: ExpertChoiceMoE, x: torch.Tensor) -> torch.Tensor:
     k = max(1, min(n, round(n * layer.cfg.capacity / len(experts))))
     y = torch.zeros_like(x)
     for e, ex in enumerate(experts):
-        chosen = sorted(range(n), key=lambda t: -float(probs[t, e]))[:k]
+        chosen = sorted(range(n), key=lambda t: -float(probs[t, e].detach()))[:k]
         for t in chosen:
             y[t] += probs[t, e] * ex(x[t])
     return y
