@@ -177,3 +177,19 @@ def test_listed_after_a_module_that_freezes_the_backbone_it_composes_and_before_
     _train(agent, 0)
     with pytest.raises(CompositionError, match="list 'experts' after it"):
         _train(agent, 1)
+
+
+def test_per_task_experts_in_an_mlp_with_an_moe_layer():
+    env = registry.BuildEnv(stream=_Stream())
+    torch.manual_seed(0)
+    mlp = registry.build("backbone", {"name": "mlp", "hidden": [16, 16], "moe": {"experts": 2, "capacity": 1.0}}, env)
+    ex = Experts(ExpertsConfig(per_task=2))
+    agent = Agent(mlp, plasticity=[ex])
+    assert [n for n, _ in ex.layers] == ["layers.1.moe.moe"]
+    x = torch.rand(8, 1, 8, 8)
+    _train(agent, 0)
+    agent.eval()
+    ref0 = agent(x, 0).detach().clone()
+    _train(agent, 1)
+    agent.eval()
+    assert torch.equal(agent(x, 0), ref0) and not torch.equal(agent(x, 1), ref0)
