@@ -173,8 +173,8 @@ class Experts(PlasticityModule):
         terms = []
         for _, layer in self.layers:
             probs, layer.probs_for_loss = layer.probs_for_loss, None
-            if probs is None:
-                continue
+            if probs is None or probs.shape[-1] != sum(layer.group_sizes()[: self.views[t]]):
+                continue  # no forward of the training task's view since the last loss (a replayed task's was last)
             mass = self._group_mass(layer, probs, self.views[t])[..., -1]  # (g, n) router mass on the task's own group
             terms.append(-mass.clamp_min(1e-9).log().mean())
         return {"router": self.cfg.router_loss * torch.stack(terms).mean()} if terms else {}
