@@ -36,7 +36,7 @@ from agentlab.config import ConfigError
 MARKER = re.compile(r"(<!-- keys: (?P<target>[^ ]+) -->\n)(?P<body>.*?)(<!-- /keys -->)", re.DOTALL)
 REFRESH = "python -m agentlab.docs_keys"
 # Recipe tables that are not registered components: target name -> (module, class).
-SPECIAL = {"loop": ("agentlab.loop", "LoopConfig")}
+SPECIAL = {"loop": ("agentlab.loop", "LoopConfig"), "moe-layer": ("agentlab.backbones.moe", "MoEConfig")}
 
 
 @lru_cache(maxsize=None)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Literal
 
 from einops import rearrange
 from torch import Tensor, nn
 
+from agentlab.backbones.moe import MoEConfig, ResidualMoE
 from agentlab.config import ConfigError, check
 from agentlab.registry import BuildEnv, register
 
@@ -33,6 +35,11 @@ class MLPConfig:
     """output units; 0 = the stream's number of classes"""
     per_step: bool = False
     """apply the layers to every step of a sequence (b, t, i) -> (b, t, o) instead of to whole flattened examples"""
+    moe: MoEConfig | None = None
+    """a residual expert-choice mixture of experts after the activation of the hidden layers listed in `moe_layers`
+    (x + moe(x); tokens are the batch's examples, or a sequence's steps with per_step)"""
+    moe_layers: list[int] = field(default_factory=lambda: [0])
+    """indices of the hidden layers followed by an MoE layer (with `moe`)"""
 
     def __post_init__(self) -> None:
         check(self.hidden == "auto" or all(h >= 1 for h in self.hidden), "hidden", self.hidden, 'a list of integers >= 1 or "auto"')
@@ -40,6 +47,8 @@ class MLPConfig:
         check(self.in_features >= 0, "in_features", self.in_features, "an integer >= 0")
         check(self.out_features >= 0, "out_features", self.out_features, "an integer >= 0")
         check(0 <= self.dropout < 1, "dropout", self.dropout, "in [0, 1)")
+        check(all(0 <= i < len(self.hidden) for i in self.moe_layers), "moe_layers", self.moe_layers,
+              f"indices of hidden layers (0..{len(self.hidden) - 1})")
 
 
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU}
@@ -49,7 +58,8 @@ class MLP(nn.Module):
     """Linear layers named `layers.0`, `layers.2`, ... with the activation between them."""
 
     def __init__(self, in_features: int, hidden: list[int], out_features: int, *, activation: str = "relu", bias: bool = True,
-                 dropout: float = 0.0, per_step: bool = False) -> None:
+                 dropout: float = 0.0, per_step: bool = False, moe: MoEConfig | None = None,
+                 moe_layers: list[int] | tuple[int, ...] = (0,)) -> None:
         super().__init__()
         self.config = {"in_features": in_features, "hidden": list(hidden), "out_features": out_features, "activation": activation, "bias": bias}
         self.per_step = per_step
@@ -57,6 +67,8 @@ class MLP(nn.Module):
             self.config["per_step"] = True
         if dropout:
             self.config["dropout"] = dropout
+        if moe is not None:
+            self.config["moe"], self.config["moe_layers"] = dict(moe.__dict__), list(moe_layers)
         sizes = [in_features, *hidden, out_features]
         layers: list[nn.Module] = []
         for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
@@ -64,7 +76,13 @@ class MLP(nn.Module):
             if i < len(sizes) - 2:
                 act = ACTIVATIONS[activation]()
                 # dropout shares the activation's slot so the linear layers keep their names (layers.0, .2, ...)
-                layers.append(nn.Sequential(act, nn.Dropout(dropout)) if dropout else act)
+                if moe is not None and i in moe_layers:  # act -> [dropout] -> x + moe(x), in the activation's slot
+                    route = "example" if per_step and moe.route_over != "batch" else "batch"
+                    parts = [("act", act), *([("drop", nn.Dropout(dropout))] if dropout else []),
+                             ("moe", ResidualMoE(b, moe, route_over=route))]
+                    layers.append(nn.Sequential(OrderedDict(parts)))
+                else:
+                    layers.append(nn.Sequential(act, nn.Dropout(dropout)) if dropout else act)
         self.layers = nn.Sequential(*layers)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -79,7 +97,8 @@ def build_mlp(cfg: MLPConfig, env: BuildEnv) -> MLP:
     """Multilayer perceptron over flattened inputs."""
     i, o = env.stream_sizes(cfg.in_features, cfg.out_features, where="backbone", flatten=not cfg.per_step)
     hidden = auto_hidden(cfg, env) if cfg.hidden == "auto" else list(cfg.hidden)
-    return MLP(i, hidden, o, activation=cfg.activation, bias=cfg.bias, dropout=cfg.dropout, per_step=cfg.per_step)
+    return MLP(i, hidden, o, activation=cfg.activation, bias=cfg.bias, dropout=cfg.dropout, per_step=cfg.per_step,
+               moe=cfg.moe, moe_layers=cfg.moe_layers)
 
 
 def auto_hidden(cfg: MLPConfig, env: BuildEnv) -> list[int]:

@@ -12,15 +12,25 @@ that epoch and the last epoch's accuracy; with `validation = 0`, the last epoch'
 `eval_every = 100` checks the validation loss every 100 steps, as they do, instead of
 after every epoch.
 
+Per component (the backbone's `components`, fnmatch patterns over layer names such as the
+ViT's embedding / attention / router / mlp / head; else every wrapped layer on its own), each
+row also holds the fraction of its weights remaining (`remaining/<component>`) and, with
+`sensitivity = s`, its sensitivity after the round's training: the test-accuracy drop when a
+further share s of that component's remaining weights (the smallest by magnitude) is removed
+without retraining, the other components untouched (`sensitivity/<component>`, in accuracy
+points as a fraction; measured on `sensitivity_examples` test examples, then restored).
+
 The agent needs a `lottery` plasticity module. After `fit` the agent holds the
 last round's trained ticket; `rows` holds the whole curve (fraction remaining,
 ticket accuracy, control accuracy). TensorBoard: `plasticity/<name>/ticket_acc`
 and `.../random_acc` against the fraction remaining in basis points (x = 10,000
-* remaining: 500 = 5%), and `.../ticket_acc_by_round` against the round.
+* remaining: 500 = 5%), `.../ticket_acc_by_round` against the round, and
+`.../remaining/<component>`, `.../sensitivity/<component>` against the round.
 """
 
 from __future__ import annotations
 
+import fnmatch
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -51,6 +61,11 @@ class IMPConfig(SGDConfig):
     eval_every: int = 0
     """with validation: check the validation loss every this many steps (Frankle & Carbin: 100) instead of
     after every epoch (0)"""
+    sensitivity: float = 0.0
+    """after every round, the share of each component's remaining weights removed (no retraining) to measure the
+    accuracy it costs; 0 = no sensitivity figures"""
+    sensitivity_examples: int = 2000
+    """test examples the sensitivity is measured on (a fixed subset; 0 = all)"""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -58,6 +73,8 @@ class IMPConfig(SGDConfig):
         check(self.rewind_step >= 0, "rewind_step", self.rewind_step, "an integer >= 0")
         check(self.validation >= 0, "validation", self.validation, "an integer >= 0")
         check(self.eval_every >= 0, "eval_every", self.eval_every, "an integer >= 0 (0 = after every epoch)")
+        check(0 <= self.sensitivity < 1, "sensitivity", self.sensitivity, "in [0, 1) (0 = off)")
+        check(self.sensitivity_examples >= 0, "sensitivity_examples", self.sensitivity_examples, "an integer >= 0 (0 = all)")
 
 
 def find_lottery(agent: Any) -> Lottery:
@@ -113,11 +130,22 @@ def run_imp(
             check(done["steps"] / per_epoch)  # the end of training is a candidate too
         return best["acc"], float(best["epoch"]), last
 
+    comps = components(agent.backbone, list(lottery.layers))
+    probe = _probe_split(task, cfg.sensitivity_examples, seed) if cfg.sensitivity else None
+
+    def per_component(row: dict[str, float]) -> None:
+        """The trained round's remaining weights (and sensitivity) per component, into `row`."""
+        row.update({f"remaining/{c}": v for c, v in component_remaining(lottery, comps).items()})
+        if probe is not None:
+            sens = component_sensitivity(agent, lottery, comps, probe, cfg.sensitivity, task.id, ctx.device)
+            row.update({f"sensitivity/{c}": v for c, v in sens.items()})
+
     dense, dense_epoch, dense_last = train_round(dense_step)
     if lottery.rewind_state is None:  # rewind_step beyond the run: rewind to its end
         lottery.remember()
     rows = [{"round": 0, "remaining": lottery.remaining(), "ticket_acc": dense, "random_acc": dense,
              "ticket_epoch": dense_epoch, "ticket_last_acc": dense_last}]
+    per_component(rows[-1])
     _log(ctx, lottery.name, rows[-1])
     if on_row:
         on_row(rows[-1])
@@ -129,6 +157,7 @@ def run_imp(
             row["random_acc"], row["random_epoch"], row["random_last_acc"] = train_round()
         lottery.rewind()
         row["ticket_acc"], row["ticket_epoch"], row["ticket_last_acc"] = train_round()
+        per_component(row)
         rows.append(row)
         _log(ctx, lottery.name, row)
         if on_row:
@@ -167,6 +196,80 @@ def _log(ctx: Any, name: str, row: dict[str, float]) -> None:
         ctx.log_scalar(f"plasticity/{name}/random_acc", row["random_acc"], x)
     ctx.log_scalar(f"plasticity/{name}/ticket_acc_by_round", row["ticket_acc"], int(row["round"]))
     ctx.log_scalar(f"plasticity/{name}/remaining_by_round", row["remaining"], int(row["round"]))
+    for key, value in row.items():
+        if key.startswith(("remaining/", "sensitivity/")):
+            ctx.log_scalar(f"plasticity/{name}/{key}", value, int(row["round"]))
+
+
+# ---------------------------------------------------------------------------- per component
+
+
+def components(backbone: Any, layers: list[str]) -> dict[str, list[str]]:
+    """Component -> the wrapped layers in it: by the backbone's `components` (name -> fnmatch patterns, the first
+    matching component wins), else one component per layer; layers no pattern matches form "other"."""
+    patterns = getattr(backbone, "components", None)
+    if not patterns:
+        return {n: [n] for n in layers}
+    out: dict[str, list[str]] = {}
+    for n in layers:
+        comp = next((c for c, pats in patterns.items() if any(fnmatch.fnmatchcase(n, p) for p in pats)), "other")
+        out.setdefault(comp, []).append(n)
+    return out
+
+
+def component_remaining(lottery: Lottery, comps: dict[str, list[str]]) -> dict[str, float]:
+    """Fraction of each component's connections still active."""
+    return {c: sum(lottery.layers[n].n_active() for n in names) / sum(lottery.layers[n].n_connections() for n in names)
+            for c, names in comps.items()}
+
+
+def _probe_split(task: Any, n: int, seed: int) -> Any:
+    split = task.eval
+    if not n or n >= len(split):
+        return split
+    return split.subset(torch.randperm(len(split), generator=torch.Generator().manual_seed(seed + 4243))[:n])
+
+
+def _accuracy(agent: Any, split: Any, task_id: int, device: str) -> float:
+    was_training = agent.training
+    agent.eval()
+    right = 0
+    with torch.no_grad():
+        for batch in split.batches(1000):
+            batch = batch.to(device)
+            right += int((agent(batch.x, task_id).argmax(-1) == batch.y).sum())
+    agent.train(was_training)
+    return right / len(split)
+
+
+@torch.no_grad()
+def component_sensitivity(agent: Any, lottery: Lottery, comps: dict[str, list[str]], split: Any, fraction: float,
+                          task_id: int, device: str = "cpu") -> dict[str, float]:
+    """Accuracy lost on `split` when the `fraction` of a component's remaining weights smallest in magnitude are
+    removed (no retraining), each component apart; masks and weights are restored after each."""
+    from agentlab.plasticity.sparse_layer import FREE
+
+    base = _accuracy(agent, split, task_id, device)
+    out = {}
+    for comp, names in comps.items():
+        layers = [lottery.layers[n] for n in names]
+        saved = [(l.owner.clone(), l.weight.detach().clone()) for l in layers]
+        alive = [l.owner.flatten() >= 0 for l in layers]
+        mags = torch.cat([l.weight.detach().flatten()[a].abs() for l, a in zip(layers, alive)])
+        k = int(round(fraction * mags.numel()))
+        if k:
+            cut = torch.kthvalue(mags.cpu(), k).values.item()  # remove weights with |w| <= the k-th smallest
+            for l, a in zip(layers, alive):
+                drop = a & (l.weight.detach().flatten().abs() <= cut)
+                l.owner.view(-1)[drop] = FREE
+                l.weight.data.view(-1)[drop] = 0.0
+                l.changed()
+        out[comp] = base - _accuracy(agent, split, task_id, device)
+        for l, (owner, w) in zip(layers, saved):
+            l.owner.copy_(owner)
+            l.weight.data.copy_(w)
+            l.changed()
+    return out
 
 
 def curve_image(rows: list[dict[str, float]]) -> Any:

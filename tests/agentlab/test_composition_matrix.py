@@ -62,6 +62,8 @@ BACKBONES: dict[str, tuple[dict, tuple[int, ...], int, Any]] = {
     "memtrans-conv4": ({"ways": 3, "channels": 4, "memory": {"in_features": 1, "dim": 8, "heads": 2, "layers": 1, "slots": 4}},
                        (1, 28, 28), 3, _images((1, 28, 28))),
     "sense-rag": ({"num_codes": 8, "dim": 8, "key_dim": 4, "capacity": 16, "k": 2}, (1, 28, 28), 4, _images((1, 28, 28))),
+    "vit": ({"patch_size": 4, "dim": 8, "depth": 3, "heads": 2, "moe": {"experts": 2, "capacity": 1.0, "every": 2}},
+            (1, 8, 8), 4, _images((1, 8, 8))),
 }
 PLASTICITY: dict[str, dict] = {
     "supsup": {},
@@ -73,6 +75,7 @@ PLASTICITY: dict[str, dict] = {
     "nola": {"rank": 2, "k_a": 4, "k_b": 4},
     "pranc": {"k": 8},
     "mcnc": {"k": 8, "hidden": 4},
+    "experts": {"per_task": 1},
 }
 MEMORY: dict[str, dict] = {
     "dnc": {"memory_size": 4, "word_size": 3, "num_reads": 1, "hidden_size": 8},
@@ -85,7 +88,7 @@ MEMORY: dict[str, dict] = {
     "mini_rag": {"capacity": 8, "key_dim": 4, "k": 2, "heads": 1},
 }
 # modules whose per-task state makes old tasks' outputs unchangeable by later tasks (with these configs)
-ISOLATING = {"supsup", "hopsupsup", "fnnsp", "lora", "nola", "pranc", "mcnc"}
+ISOLATING = {"supsup", "hopsupsup", "fnnsp", "lora", "nola", "pranc", "mcnc", "experts"}
 # backbones whose outputs change by more than their parameters: sense-rag's VQ codebook follows the data (EMA) and its
 # store holds what every task wrote, so no plasticity module can keep an old task's outputs fixed on it
 STATEFUL = {"sense-rag"}
