@@ -190,7 +190,8 @@ def run(
                     res = evaluate(agent, tj, batch_size=cfg.eval_batch_size, device=device)
                     R[i, j] = res.acc
                     for fig, v in res.extra.items():
-                        extras.setdefault(fig, {})[f"{j:03d}"] = float(v)
+                        if fig != "acc":  # an evaluator's "acc" is the accuracy itself, already R[i, j]
+                            extras.setdefault(fig, {})[f"{j:03d}"] = float(v)
                     if "task_inference_acc" in res.extra and j <= i:
                         inf_right += res.extra["task_inference_acc"] * res.n
                         inf_total += res.n

@@ -46,12 +46,12 @@ def images_of(label: str) -> Iterator[None]:
         _IMAGE_OWNER.reset(token)
 
 
-def heatmap_image(R: np.ndarray, title: str = "accuracy R[i, j]", *, xlabel: str = "evaluated on task j",
-                  ylabel: str = "after training task i", vmin: float = 0.0, vmax: float = 1.0,
-                  percent: bool = True, colorbar_label: str = "") -> np.ndarray:
-    """A matrix as an RGB image (H, W, 3) uint8 with a colour bar, at least 600 x 500 pixels, its values printed in
-    each cell (x 100 when `percent`) up to 20 x 20. The fonts are large for the size: TensorBoard shows images
-    scaled down to its card. Inside `images_of(label)` the title starts with the label."""
+def heatmap_figure(R: np.ndarray, title: str = "accuracy R[i, j]", *, xlabel: str = "evaluated on task j",
+                   ylabel: str = "after training task i", vmin: float = 0.0, vmax: float = 1.0,
+                   percent: bool = True, colorbar_label: str = "") -> Any:
+    """A matplotlib figure of the matrix R with a colour bar, its values printed in each cell (x 100 when `percent`)
+    up to 20 x 20. The fonts are large for the size: TensorBoard shows images scaled down to its card. Inside
+    `images_of(label)` the title starts with the label."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -61,7 +61,7 @@ def heatmap_image(R: np.ndarray, title: str = "accuracy R[i, j]", *, xlabel: str
     R = np.asarray(R, dtype=float)
     rows, cols = R.shape
     n = max(rows, cols)
-    side = float(np.clip(3.8 + 0.3 * n, 4.6, 14.0))  # inches at 110 dpi: 506 pixels high for up to 2 tasks
+    side = float(np.clip(3.8 + 0.3 * n, 4.6, 14.0))  # inches; at 110 dpi at least 506 pixels high
     fig, ax = plt.subplots(figsize=(side + 1.0, side))
     shown = ax.imshow(np.where(np.isnan(R), np.nan, R), vmin=vmin, vmax=vmax, cmap="viridis")
     bar = fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.04)
@@ -86,14 +86,25 @@ def heatmap_image(R: np.ndarray, title: str = "accuracy R[i, j]", *, xlabel: str
     owner = _IMAGE_OWNER.get()
     ax.set_title(f"{owner}: {title}" if owner else title, fontsize=14, fontweight="bold" if owner else "normal")
     fig.tight_layout()
+    return fig
+
+
+def figure_image(fig: Any, dpi: int = 110) -> np.ndarray:
+    """A matplotlib figure as an RGB image (H, W, 3) uint8; the figure is closed."""
+    import matplotlib.image as mpimg
+    import matplotlib.pyplot as plt
+
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
+    fig.savefig(buf, format="png", dpi=dpi)
     plt.close(fig)
     buf.seek(0)
-    import matplotlib.image as mpimg
-
     img = mpimg.imread(buf)[..., :3]
     return (img * 255).astype(np.uint8)
+
+
+def heatmap_image(R: np.ndarray, title: str = "accuracy R[i, j]", **kwargs: Any) -> np.ndarray:
+    """`heatmap_figure` as an RGB image (H, W, 3) uint8: at least 600 x 500 pixels."""
+    return figure_image(heatmap_figure(R, title, **kwargs))
 
 
 @dataclass(frozen=True)
