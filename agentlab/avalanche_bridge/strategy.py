@@ -15,20 +15,30 @@ GEM, A-GEM) see the usual `mb_output`, `mb_y`, `loss` and experiences.
 
 The agent's hooks are called where our loop calls them:
 
-    _before_training_exp       agent.start_task(task)      (before the optimizer is rebuilt)
+    _before_training_exp       agent.start_task(task)      (then the optimizer is built over what the agent trains)
     criterion (training)       cross-entropy + sum of agent.loss_terms(batch, output)
-    _after_training_iteration  agent.after_step(step)
+    _after_training_iteration  agent.after_step(step, observed)
     _after_training_epoch      agent.after_epoch(epoch)
     _after_training_exp        agent.end_task(task)
 
-The update rule is the template's SGD step with the agent's optimizer settings
-(`agent.learner.cfg`: optimizer, lr, batch size, epochs), the optimizer rebuilt
-over `agent.trainable_parameters()` at each experience as our learners do; a
-learner's own extra machinery (our replay buffer) is replaced by Avalanche's
-plugins. With `task_incremental=True` the task label of each example selects
-the agent's task and restricts its logits to that task's classes, as our
-evaluator does (van de Ven & Tolias 2019's multi-head by masking); otherwise
-the agent predicts without a label (inferring the task where a module can).
+The update rule is the template's SGD step (Avalanche's plugins, GEM's gradient projection among them, hook in
+between its backward and update, so the template keeps its own loop; our learners' loops go through
+`agentlab.driver`, in the same hook order). The optimizer is built at the start of each experience, after
+`agent.start_task` has created that task's parameters (SupSup's scores...), over `agent.trainable_parameters()`:
+
+* no optimizer given: the agent's learner settings (`agent.learner.cfg`: optimizer, lr, ...; SGDConfig's defaults
+  without a learner), as our learners build theirs;
+* a user's optimizer: its class and hyper-parameters are kept, and it is rebuilt over the new parameters at each
+  experience (the object itself is used while it still updates exactly those parameters and has not stepped, or
+  always with `keep_optimizer`). One with several parameter groups of different settings, or over tensors that
+  are not the agent's, is refused with a message: it cannot be rebuilt faithfully.
+
+A learner's own extra machinery (our replay buffer) is replaced by Avalanche's plugins. With
+`task_incremental=True` the task label of each example selects the agent's task and restricts its logits to that
+task's classes, as our evaluator does (van de Ven & Tolias 2019's multi-head by masking); otherwise the agent
+predicts without a label (inferring the task where a module can). `agent.after_step` gets the minibatch rows of
+the experience's own classes (and task label): Avalanche does not mark replayed rows, so in a domain-incremental
+stream, where every experience has every class, replayed rows pass too.
 """
 
 from __future__ import annotations
@@ -41,11 +51,35 @@ from torch.nn import CrossEntropyLoss
 from avalanche.training.plugins.evaluation import default_evaluator
 from avalanche.training.templates import SupervisedTemplate
 
-from agentlab.agent import restrict_to_classes
+from agentlab.agent import Agent, restrict_to_classes
 from agentlab.data import Batch
 from agentlab.learners.sgd import SGDConfig
-from agentlab.optim import make_optimizer, optimizes_exactly
+from agentlab.optim import make_optimizer, optimizes_exactly, with_terms
 from agentlab.task import Task
+
+
+def optimizer_recipe(optimizer: torch.optim.Optimizer, agent: Agent) -> tuple[type, dict[str, Any]]:
+    """(class, hyper-parameters) that rebuild `optimizer` over other parameters of `agent`; a ValueError saying why
+    when that cannot be done faithfully (several groups with different settings, tensors that are not the agent's)."""
+    groups = optimizer.param_groups
+    settings = [{k: v for k, v in g.items() if k in optimizer.defaults} for g in groups]
+    name = type(optimizer).__name__
+    if any(s != settings[0] for s in settings[1:]):
+        raise ValueError(
+            f"the {name} optimizer has {len(groups)} parameter groups with different settings; AgentStrategy rebuilds "
+            "the optimizer over the agent's trainable parameters at every experience (plasticity modules create and "
+            "freeze parameters per task) and cannot tell which new parameter belongs to which group: pass an optimizer "
+            "with one setting for all parameters, or none (the learner's settings)"
+        )
+    mine = {id(p) for p in agent.parameters()}
+    foreign = sum(1 for g in groups for p in g["params"] if id(p) not in mine)
+    if foreign:
+        raise ValueError(
+            f"the {name} optimizer updates {foreign} tensor(s) that are not parameters of the agent; AgentStrategy "
+            "builds the optimizer at every experience, after the task's modules exist, with this optimizer's class "
+            "and settings: pass one over the agent's parameters (or none: the learner's settings), not a placeholder"
+        )
+    return type(optimizer), settings[0]
 
 
 class AgentStrategy(SupervisedTemplate):
@@ -70,11 +104,17 @@ class AgentStrategy(SupervisedTemplate):
         keep_optimizer: bool = False,
         **kwargs: Any,
     ) -> None:
+        if not isinstance(agent, Agent):
+            raise TypeError(
+                f"AgentStrategy runs an agentlab Agent; got {type(agent).__name__}: wrap it in agentlab.Agent "
+                "(agent = Agent(model, plasticity=[...], learner=...)) and pass that"
+            )
         self.agent = agent
         self.sgd_cfg = getattr(agent.learner, "cfg", None) or SGDConfig()
+        self._rebuild = optimizer_recipe(optimizer, agent) if optimizer is not None else None
         super().__init__(
             model=agent,
-            optimizer=optimizer or make_optimizer(agent.trainable_parameters(), self.sgd_cfg),
+            optimizer=optimizer,  # type: ignore[arg-type]  # None: built at the first experience (make_optimizer)
             criterion=criterion or CrossEntropyLoss(),
             train_mb_size=train_mb_size or self.sgd_cfg.batch_size,
             train_epochs=train_epochs or self.sgd_cfg.epochs,
@@ -160,17 +200,25 @@ class AgentStrategy(SupervisedTemplate):
         if self.is_training and self._task is not None:
             terms = self.agent.loss_terms(Batch(self.mb_x, self.mb_y, self._task.id), self.mb_output)
             if terms:
-                loss = loss + sum(terms.values())
+                loss, _ = with_terms({"ce": loss}, terms)
         return loss
 
     def make_optimizer(self, **kwargs: Any) -> None:
-        """A fresh optimizer over what the agent trains now (plasticity modules freeze what they protect);
-        with `keep_optimizer` the current one is kept while it optimises the same parameters."""
+        """The optimizer over what the agent trains now (plasticity modules create and freeze parameters per task):
+        the current one while it updates exactly those parameters and has not stepped (or with `keep_optimizer`),
+        else a fresh one, with the user's optimizer class and settings or the learner's (module docstring)."""
         params = list(self.agent.trainable_parameters())
         self.optimized_param_id = {n: p for n, p in self.agent.named_parameters()}
-        if self.keep_optimizer and optimizes_exactly(self.optimizer, params):
+        current = self.optimizer
+        if current is not None and optimizes_exactly(current, params) and (self.keep_optimizer or not current.state):
             return
-        self.optimizer = make_optimizer(params, self.sgd_cfg)
+        if self._rebuild is None:
+            self.optimizer = make_optimizer(params, self.sgd_cfg)
+        elif not params:
+            raise ValueError("the agent has no trainable parameters for this task; check the plasticity modules' freezing")
+        else:
+            cls, settings = self._rebuild
+            self.optimizer = cls(params, **settings)
 
     # ------------------------------------------------------------------ the agent's hooks
     def _before_training_exp(self, **kwargs: Any) -> None:
@@ -183,8 +231,21 @@ class AgentStrategy(SupervisedTemplate):
         self.agent.start_task(self._task)
         super()._before_training_exp(**kwargs)
 
+    def _observed(self) -> Batch:
+        """The minibatch rows of this experience's own classes (and task label when task-incremental): the
+        examples the step newly saw, as far as Avalanche's minibatch tells (replayed rows are not marked)."""
+        assert self._task is not None
+        keep = torch.ones_like(self.mb_y, dtype=torch.bool)
+        if self._task.classes is not None:
+            keep &= torch.isin(self.mb_y, torch.tensor(self._task.classes, device=self.mb_y.device))
+        if self.task_incremental:
+            keep &= self.mb_task_id == self._label(self.experience)
+        if bool(keep.all()):
+            return Batch(self.mb_x, self.mb_y, self._task.id)
+        return Batch(self.mb_x[keep], self.mb_y[keep], self._task.id)
+
     def _after_training_iteration(self, **kwargs: Any) -> None:
-        self.agent.after_step(self.clock.train_iterations)
+        self.agent.after_step(self.clock.train_iterations, self._observed())
         self._steps_this_exp += 1
         if self.on_step is not None:
             self.on_step(float(self.loss.detach()), int(self.mb_x.shape[0]))

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable, Iterator
 
-from agentlab.data import Split
-from agentlab.learners.sgd import SGDConfig, supervised_step
+from agentlab.data import Batch, Split
+from agentlab.driver import StepDriver, StepOutput
+from agentlab.learners.base import StatelessLearner
+from agentlab.learners.sgd import SGDConfig, supervised_loss
 from agentlab.optim import KeptOptimizer, make_optimizer, make_schedule
 from agentlab.registry import BuildEnv, register
-from agentlab.learners.base import StatelessLearner
 
 
 def require_classification(task: Any, learner: str) -> None:
@@ -20,12 +21,15 @@ def require_classification(task: Any, learner: str) -> None:
 
 
 def train_split(
-    agent: Any, task: Any, split: Split, cfg: Any, ctx: Any, *, step_fn: Any = None, classes_by_task: Any = None,
-    on_epoch: Any = None, optimizers: KeptOptimizer | None = None,
-) -> None:
-    """Epochs of supervised steps over `split`; `step_fn(batch, optimizer)` may replace the plain step (replay);
-    `on_epoch(epoch)` runs after each epoch (early stopping bookkeeping); `optimizers` keeps one optimizer across
-    tasks when `cfg.keep_optimizer` (learners that support it pass theirs)."""
+    agent: Any, task: Any, split: Split, cfg: Any, ctx: Any, *, step_fn: Callable[[Batch], StepOutput] | None = None,
+    classes_by_task: Any = None, on_step: Callable[[dict[str, float]], None] | None = None,
+    on_epoch: Callable[[int], None] | None = None, optimizers: KeptOptimizer | None = None,
+) -> StepDriver:
+    """Epochs of steps over `split`, driven by the step driver (`agentlab.driver`): `step_fn(batch)` gives a step's
+    loss (default: cross-entropy, `supervised_loss`; replay mixes its buffer in); `on_step(logged)` and
+    `on_epoch(epoch)` run after every step and pass (early-stopping bookkeeping); `optimizers` keeps one optimizer
+    across tasks when `cfg.keep_optimizer` (learners that support it pass theirs). Stops after `cfg.epochs`
+    passes, `cfg.max_steps` steps, or when the schedule (`cfg.lr_schedule`) says so."""
     if optimizers is not None:
         optimizer = optimizers.for_task(agent.trainable_parameters(), cfg)
     elif cfg.keep_optimizer:
@@ -37,28 +41,15 @@ def train_split(
         optimizer = make_optimizer(agent.trainable_parameters(), cfg)
     per_epoch = -(-len(split) // cfg.batch_size)
     schedule = make_schedule(optimizer, cfg, cfg.epochs * per_epoch)
-    steps = 0
-    for epoch in range(cfg.epochs):
-        total, n = 0.0, 0
+    driver = StepDriver(agent, optimizer, ctx, grad_clip=cfg.grad_clip, schedule=schedule)
+
+    def batches(epoch: int) -> Iterator[Batch]:
         for batch in split.batches(cfg.batch_size, shuffle=True, generator=ctx.generator, task_id=task.id):
-            batch = batch.to(ctx.device)
-            if step_fn is not None:
-                losses = step_fn(batch, optimizer)
-            else:
-                losses = supervised_step(agent, batch, optimizer, cfg, task, classes_by_task)
-            agent.after_step(ctx.global_step, batch)
-            ctx.step(losses, len(batch))
-            schedule.after_step(losses["total"])
-            total, n = total + losses["total"], n + 1
-            steps += 1
-            if cfg.max_steps and steps >= cfg.max_steps:
-                break
-        agent.after_epoch(epoch)
-        if on_epoch is not None:
-            on_epoch(epoch)
-        stop = schedule.after_epoch(epoch, total / max(n, 1))
-        if stop or (cfg.max_steps and steps >= cfg.max_steps):
-            break
+            yield batch.to(ctx.device)
+
+    compute = step_fn if step_fn is not None else (lambda batch: supervised_loss(agent, batch, task, classes_by_task))
+    driver.run(batches, compute, epochs=cfg.epochs, max_steps=cfg.max_steps, on_step=on_step, on_epoch=on_epoch)
+    return driver
 
 
 class FineTune(StatelessLearner):

@@ -28,11 +28,12 @@ import torch
 import torch.nn.functional as F
 
 from agentlab.config import check
+from agentlab.driver import StepOutput
 from agentlab.evaluate import evaluate
 from agentlab.learners.finetune import require_classification, train_split
-from agentlab.learners.sgd import SGDConfig, supervised_step
-from agentlab.registry import BuildEnv, register
+from agentlab.learners.sgd import SGDConfig, supervised_loss
 from agentlab.plasticity.lottery import Lottery
+from agentlab.registry import BuildEnv, register
 
 
 @dataclass(frozen=True)
@@ -74,12 +75,12 @@ def run_imp(
     train, val = _hold_out(task.train, cfg.validation, seed)
     steps = 0
 
-    def dense_step(batch: Any, optimizer: Any) -> dict[str, float]:
+    def dense_step(batch: Any) -> StepOutput:
         nonlocal steps
         if steps == cfg.rewind_step:
             lottery.remember()  # the values at step k, before the k-th update
         steps += 1
-        return supervised_step(agent, batch, optimizer, cfg, task)
+        return supervised_loss(agent, batch, task)
 
     def train_round(step_fn: Any = None) -> tuple[float, float, float]:
         """Train one round; (test accuracy at the early-stopping point, that point in epochs, last test accuracy).
@@ -99,15 +100,12 @@ def run_imp(
             if val is not None and not cfg.eval_every:
                 check(float(epoch))
 
-        def counted_step(batch: Any, optimizer: Any) -> dict[str, float]:
-            losses = step_fn(batch, optimizer) if step_fn is not None else supervised_step(agent, batch, optimizer, cfg, task)
+        def on_step(logged: dict[str, float]) -> None:
             done["steps"] += 1
-            if done["steps"] % cfg.eval_every == 0:
+            if val is not None and cfg.eval_every and done["steps"] % cfg.eval_every == 0:
                 check(done["steps"] / per_epoch)
-            return losses
 
-        stepping = counted_step if (val is not None and cfg.eval_every) else step_fn
-        train_split(agent, task, train, cfg, ctx, step_fn=stepping, on_epoch=on_epoch)
+        train_split(agent, task, train, cfg, ctx, step_fn=step_fn, on_step=on_step, on_epoch=on_epoch)
         last = evaluate(agent, task, device=ctx.device).acc
         if val is None:
             return last, float(cfg.epochs - 1), last

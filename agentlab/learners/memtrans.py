@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Iterator, Literal
 
 import torch
 import torch.nn.functional as F
@@ -29,7 +29,10 @@ from torch import Tensor
 
 from agentlab.backbones.memtrans import MemTransNet
 from agentlab.config import check
-from agentlab.optim import backward_step, cosine_factor, fast_kernels, set_lr
+from agentlab.data import Batch
+from agentlab.driver import StepDriver, StepOutput
+from agentlab.learners.base import BudgetCosine
+from agentlab.optim import OptimizerConfig, make_optimizer
 from agentlab.registry import BuildEnv, register
 
 
@@ -141,49 +144,64 @@ class MemTransLearner:
         rows, write, blocked, s = standard_rows(net, eps, device)
         return net.run(rows, write, blocked)[:, s:]
 
-    def batch_loss(self, net: MemTransNet, eps: list[Any], device: str) -> tuple[Tensor, float]:
-        """Mean cross-entropy and accuracy over episodes of one kind and size, run as one (B, T, F) batch."""
-        logits = self.logits(net, eps, device)  # (B, T, N) or (B, Q, N)
-        y = targets(eps).to(device)
+    @staticmethod
+    def _loss(logits: Tensor, y: Tensor) -> tuple[Tensor, float]:
         loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
         return loss, float((logits.argmax(-1) == y).float().mean())
+
+    def batch_loss(self, net: MemTransNet, eps: list[Any], device: str) -> tuple[Tensor, float]:
+        """Mean cross-entropy and accuracy over episodes of one kind and size, run as one (B, T, F) batch."""
+        return self._loss(self.logits(net, eps, device), targets(eps).to(device))
+
+    def episode_step(self, agent: Any, eps: list[Any], task_id: int, device: str) -> StepOutput:
+        """One training step's loss for the step driver, the backbone run with every module set to `task_id`. The
+        modules' loss terms see the logits of the scored steps and, as the batch (also what the memories are
+        written with), the episodes' images with their episode labels (0..N-1)."""
+        with agent.task_context(task_id):
+            logits = self.logits(agent.backbone, eps, device)
+        loss, acc = self._loss(logits, targets(eps).to(device))
+        if is_sequential(eps):
+            x, y = torch.cat([ep.x for ep in eps]), torch.cat([ep.y for ep in eps])
+        else:
+            x = torch.cat([t for ep in eps for t in (ep.support_x, ep.query_x)])
+            y = torch.cat([t for ep in eps for t in (ep.support_y, ep.query_y)])
+        seen = Batch(_img(x, device), y.to(device), task_id)
+        return StepOutput({"episode_ce": loss}, logits, seen, logs={"episode_acc": acc}, examples=len(eps))
 
     def fit(self, agent: Any, task: Any, ctx: Any) -> None:
         if task.kind != "episode":
             raise ValueError(f"learner 'memtrans' trains episode tasks; task {task.name!r} is a {task.kind!r} task")
         net: MemTransNet = agent.backbone
         sampler, c = task.train, self.cfg
-        params = list(agent.trainable_parameters())
-        opt = torch.optim.Adam(params, lr=c.lr, **fast_kernels(params, fused=True))
-        agent.train()
+        opt = make_optimizer(agent.trainable_parameters(), OptimizerConfig(lr=c.lr, optimizer="adam"))
+        first = self.episodes_done
+        schedule = BudgetCosine(opt, c.lr, c.episodes - first, units_per_step=c.batch, time_budget_s=c.time_budget_s) if c.cosine_lr else None
+        driver = StepDriver(agent, opt, ctx, grad_clip=c.grad_clip, schedule=schedule)
         start = time.perf_counter()
-        step, first = 0, self.episodes_done
-        while self.episodes_done < c.episodes:
-            if c.cosine_lr:
-                done = (self.episodes_done - first) / max(c.episodes - first, 1)
-                if c.time_budget_s:
-                    done = max(done, (time.perf_counter() - start) / c.time_budget_s)
-                set_lr(opt, c.lr * cosine_factor(done))
-            # one kind and one size per step, so the episodes stack into one batch
-            kind = c.protocol if c.protocol != "both" else ("standard", "sequential")[step % 2]
-            if kind == "sequential":
-                eps = [sampler.sequential(ctx.generator, ways=net.cfg.ways, per_class=c.per_class) for _ in range(c.batch)]
-            else:
-                shots = c.shots[int(torch.randint(len(c.shots), (1,), generator=ctx.generator))]
-                eps = [sampler.sample(ctx.generator, ways=net.cfg.ways, shots=shots, queries=c.queries) for _ in range(c.batch)]
-            loss, acc = self.batch_loss(net, eps, ctx.device)
-            backward_step(opt, loss, agent.trainable_parameters(), c.grad_clip)
-            agent.after_step(ctx.global_step)
-            ce = float(loss.detach())
-            ctx.step({"episode_ce": ce, "total": ce, "episode_acc": acc}, c.batch)
+
+        def batches(epoch: int) -> Iterator[list[Any]]:
+            step = 0
+            while self.episodes_done < c.episodes:
+                # one kind and one size per step, so the episodes stack into one batch
+                kind = c.protocol if c.protocol != "both" else ("standard", "sequential")[step % 2]
+                if kind == "sequential":
+                    yield [sampler.sequential(ctx.generator, ways=net.cfg.ways, per_class=c.per_class) for _ in range(c.batch)]
+                else:
+                    shots = c.shots[int(torch.randint(len(c.shots), (1,), generator=ctx.generator))]
+                    yield [sampler.sample(ctx.generator, ways=net.cfg.ways, shots=shots, queries=c.queries) for _ in range(c.batch)]
+                step += 1
+
+        def counted(logged: dict[str, float]) -> None:
             self.episodes_done += c.batch
-            step += 1
-            if c.time_budget_s and time.perf_counter() - start > c.time_budget_s:
-                break
+
+        out_of_time = (lambda: time.perf_counter() - start > c.time_budget_s) if c.time_budget_s else None
+        driver.run(batches, lambda eps: self.episode_step(agent, eps, task.id, ctx.device), until=out_of_time, on_step=counted)
         self.train_s = time.perf_counter() - start
 
     def predict_episode(self, agent: Any, episode: Any, device: str = "cpu") -> Tensor:
-        return self.logits(agent.backbone, [episode], device)[0]
+        """Logits of one episode, every module set to the task the agent trained last (as in training)."""
+        with agent.task_context(agent.current_task):
+            return self.logits(agent.backbone, [episode], device)[0]
 
     @torch.no_grad()
     def evaluate_set(self, agent: Any, episodes: Any, device: str = "cpu", batch: int = 50) -> Any:
@@ -202,7 +220,9 @@ class MemTransLearner:
             for lo in range(0, len(episodes), batch):
                 eps = [episodes[i] for i in range(lo, min(lo + batch, len(episodes)))]
                 reset_memories(agent)
-                correct = (self.logits(agent.backbone, eps, device).argmax(-1).cpu() == targets(eps)).float()
+                with agent.task_context(agent.current_task):
+                    logits = self.logits(agent.backbone, eps, device)
+                correct = (logits.argmax(-1).cpu() == targets(eps)).float()
                 report.accs += correct.mean(1).tolist()
                 if is_sequential(eps):
                     sighting = torch.cat([ep.sighting for ep in eps])

@@ -14,16 +14,16 @@ log time + error_weight x binary cross-entropy of each error type.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
-
-import torch
+from functools import partial
+from typing import Any, Iterator
 
 from agentlab.config import check
-from agentlab.registry import BuildEnv, register
-from agentlab.plasticity.adapter import is_population_task
-from agentlab.scenarios.traces.objective import trace_losses
+from agentlab.driver import StepDriver, StepOutput
 from agentlab.learners.base import StatelessLearner
-from agentlab.optim import backward_step, fast_kernels
+from agentlab.optim import OptimizerConfig, make_optimizer
+from agentlab.plasticity.adapter import is_population_task
+from agentlab.registry import BuildEnv, register
+from agentlab.scenarios.traces.objective import trace_losses
 
 
 @dataclass(frozen=True)
@@ -70,17 +70,11 @@ class Personalize(StatelessLearner):
     def __init__(self, cfg: PersonalizeConfig) -> None:
         self.cfg = cfg
 
-    def _step(self, agent: Any, task: Any, batch: Any, opt: torch.optim.Optimizer, params: list) -> dict[str, float]:
-        agent.train()
+    def _loss(self, agent: Any, task: Any, batch: Any) -> StepOutput:
         out = agent(batch.x, task.id)
         terms = trace_losses(out, batch.y, time_weight=self.cfg.time_weight, error_weight=self.cfg.error_weight)
-        extra = agent.loss_terms(batch, out)
-        loss = terms["total"] + sum(extra.values()) if extra else terms["total"]
-        backward_step(opt, loss, params, self.cfg.grad_clip)
-        losses = {k: float(v.detach()) for k, v in terms.items() if k != "total"}
-        losses.update({k: float(v.detach()) for k, v in extra.items()})
-        losses["total"] = float(loss.detach())
-        return losses
+        figures = {k: float(v.detach()) for k, v in terms.items() if k != "total"}  # the heads, unweighted
+        return StepOutput({"trace": terms["total"]}, out, batch, logs=figures)
 
     def fit(self, agent: Any, task: Any, ctx: Any) -> None:
         if task.kind != "personalization":
@@ -90,28 +84,31 @@ class Personalize(StatelessLearner):
             raise ValueError("nothing to train: check the plasticity modules' freezing")
         population = is_population_task(task)
         lr = self.cfg.population_lr if population else self.cfg.lr
-        opt = torch.optim.Adam(params, lr=lr, weight_decay=self.cfg.weight_decay, **fast_kernels(params, fused=True))
+        opt = make_optimizer(params, OptimizerConfig(lr=lr, optimizer="adam", weight_decay=self.cfg.weight_decay))
+        driver = StepDriver(agent, opt, ctx, grad_clip=self.cfg.grad_clip)
+        compute = partial(self._loss, agent, task)
         if population:
-            for epoch in range(self.cfg.population_epochs):
-                for batch in task.train.batches(self.cfg.population_batch_size, shuffle=True, generator=ctx.generator, task_id=task.id):
-                    batch = batch.to(ctx.device)
-                    losses = self._step(agent, task, batch, opt, params)
-                    agent.after_step(ctx.global_step)
-                    ctx.step(losses, len(batch))
-                agent.after_epoch(epoch)
+            size = self.cfg.population_batch_size
+
+            def batches(epoch: int) -> Iterator[Any]:
+                for batch in task.train.batches(size, shuffle=True, generator=ctx.generator, task_id=task.id):
+                    yield batch.to(ctx.device)
+
+            driver.run(batches, compute, epochs=self.cfg.population_epochs)
             return
         size = self.cfg.batch_size or len(task.train)
-        step = 0
-        while step < self.cfg.steps:
-            for batch in task.train.batches(size, shuffle=size < len(task.train), generator=ctx.generator, task_id=task.id):
-                batch = batch.to(ctx.device)
-                losses = self._step(agent, task, batch, opt, params)
-                agent.after_step(ctx.global_step)
-                ctx.step(losses, len(batch))
-                step += 1
-                if step >= self.cfg.steps:
-                    break
-        agent.after_epoch(0)
+
+        def cycled(epoch: int) -> Iterator[Any]:
+            """`steps` batches of the person's traces, reshuffled each time round when they take several batches."""
+            step = 0
+            while step < self.cfg.steps:
+                for batch in task.train.batches(size, shuffle=size < len(task.train), generator=ctx.generator, task_id=task.id):
+                    yield batch.to(ctx.device)
+                    step += 1
+                    if step >= self.cfg.steps:
+                        return
+
+        driver.run(cycled, compute)  # one pass: after_epoch(0) ends the person's training
 
 
 @register("learner", "personalize", PersonalizeConfig)

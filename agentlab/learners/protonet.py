@@ -30,9 +30,11 @@ from einops import einsum
 from torch import Tensor
 
 from agentlab.config import check
+from agentlab.data import Batch
+from agentlab.driver import StepDriver, StepOutput
+from agentlab.learners.base import StatelessLearner, TorchSchedule
+from agentlab.optim import OptimizerConfig, make_optimizer
 from agentlab.registry import BuildEnv, register
-from agentlab.learners.base import StatelessLearner
-from agentlab.optim import fast_kernels
 
 
 def prototypes(z: Tensor, y: Tensor, ways: int) -> Tensor:
@@ -102,15 +104,21 @@ class ProtoNet(StatelessLearner):
         self.episodes_done = 0  # training episodes of the last `fit` (less than cfg.episodes when the time budget ran out)
 
     @staticmethod
-    def embed(agent: Any, x: Tensor) -> Tensor:
-        return agent(x).flatten(1)  # (B, D)
+    def embed(agent: Any, x: Tensor, task_id: int | None = None) -> Tensor:
+        """(B, D) embeddings with every module set to `task_id` (prediction: the task the agent trained last)."""
+        return agent(x, task_id if task_id is not None else agent.current_task).flatten(1)
 
-    def episode_loss(self, agent: Any, ep: Any, device: str) -> tuple[Tensor, float]:
-        z = self.embed(agent, torch.cat([ep.support_x, ep.query_x]).to(device))  # one batch: BN sees the whole episode
+    def episode_loss(self, agent: Any, ep: Any, device: str, task_id: int | None = None) -> StepOutput:
+        """The query cross-entropy of one episode (Snell et al. eq. 2), with its accuracy logged; the modules' loss
+        terms see the episode's support and query examples (episode labels 0..N-1) and their embeddings."""
+        x = torch.cat([ep.support_x, ep.query_x]).to(device)
+        z = self.embed(agent, x, task_id)  # one batch: BN sees the whole episode
         zs, zq = z[: ep.support_x.shape[0]], z[ep.support_x.shape[0] :]
         logits = neg_sq_dist(zq, prototypes(zs, ep.support_y.to(device), ep.ways))  # (M, N)
         yq = ep.query_y.to(device)
-        return F.cross_entropy(logits, yq), float((logits.argmax(-1) == yq).float().mean())
+        acc = float((logits.argmax(-1) == yq).float().mean())
+        batch = Batch(x, torch.cat([ep.support_y.to(device), yq]), task_id)
+        return StepOutput({"ce": F.cross_entropy(logits, yq)}, z, batch, logs={"train_episode_acc": acc}, examples=yq.shape[0])
 
     def fit(self, agent: Any, task: Any, ctx: Any) -> None:
         if task.kind != "episode":
@@ -120,27 +128,24 @@ class ProtoNet(StatelessLearner):
             return
         shots = c.train_shots or int(task.meta.get("shots", 1))
         ways = min(c.train_ways, task.train.pool.n_classes)
-        params = list(agent.trainable_parameters())
-        opt = torch.optim.Adam(params, lr=c.lr, weight_decay=c.weight_decay, **fast_kernels(params, fused=True))
-        sched = torch.optim.lr_scheduler.StepLR(opt, c.lr_halve_every, 0.5) if c.lr_halve_every else None
-        agent.train()
+        opt = make_optimizer(agent.trainable_parameters(), OptimizerConfig(lr=c.lr, optimizer="adam", weight_decay=c.weight_decay))
+        schedule = TorchSchedule(torch.optim.lr_scheduler.StepLR(opt, c.lr_halve_every, 0.5)) if c.lr_halve_every else None
+        driver = StepDriver(agent, opt, ctx, schedule=schedule)
         start, self.episodes_done = time.perf_counter(), 0
-        for _ in range(c.episodes):
+
+        def out_of_time() -> bool:  # stop before an episode would overrun, at the mean episode time so far
             elapsed = time.perf_counter() - start
-            per_episode = elapsed / max(self.episodes_done, 1)
-            if c.time_budget_s and elapsed + per_episode > c.time_budget_s:  # stop before an episode would overrun
-                break
-            ep = task.train.sample(ctx.generator, ways=ways, shots=shots, queries=c.train_queries)
-            loss, acc = self.episode_loss(agent, ep, ctx.device)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            if sched is not None:
-                sched.step()
-            agent.after_step(ctx.global_step)
+            return elapsed + elapsed / max(self.episodes_done, 1) > c.time_budget_s
+
+        def episodes(epoch: int) -> Iterator[Any]:
+            for _ in range(c.episodes):
+                yield task.train.sample(ctx.generator, ways=ways, shots=shots, queries=c.train_queries)
+
+        def counted(logged: dict[str, float]) -> None:
             self.episodes_done += 1
-            ctx.step({"ce": float(loss.detach()), "total": float(loss.detach()), "train_episode_acc": acc},
-                     ep.query_x.shape[0])
+
+        driver.run(episodes, lambda ep: self.episode_loss(agent, ep, ctx.device, task.id), until=out_of_time if c.time_budget_s else None,
+                   on_step=counted)
 
     @contextmanager
     def embedding_cache(self, agent: Any, pool: Any, device: str = "cpu", batch: int = 1024) -> Iterator[None]:

@@ -21,8 +21,9 @@ from torch import Tensor
 
 from agentlab.config import check
 from agentlab.data import Batch
+from agentlab.driver import StepOutput
 from agentlab.learners.finetune import require_classification, train_split
-from agentlab.learners.sgd import SGDConfig, supervised_step
+from agentlab.learners.sgd import SGDConfig, supervised_loss
 from agentlab.optim import KeptOptimizer
 from agentlab.registry import BuildEnv, register
 
@@ -145,7 +146,7 @@ class Replay:
         self.classes_by_task[task.id] = task.classes
         n_replay = self.cfg.replay_batch_size or self.cfg.batch_size
 
-        def step(batch: Batch, optimizer: torch.optim.Optimizer) -> dict[str, float]:
+        def step(batch: Batch) -> StepOutput:
             memory = self.buffer.sample(n_replay, ctx.generator)
             mixed = batch
             if memory is not None:
@@ -157,9 +158,10 @@ class Replay:
                     task.id,
                     {"task_ids": torch.cat([current_t, memory.extra["task_ids"]])},
                 )
-            losses = supervised_step(agent, mixed, optimizer, self.cfg, task, self.classes_by_task)
+            out = supervised_loss(agent, mixed, task, self.classes_by_task, observed=batch)
+            # Offered to the buffer once the replayed sample is drawn: a batch is never replayed in its own step.
             self.buffer.add(batch.x, batch.y, task.id, ctx.generator)
-            return losses
+            return out
 
         train_split(agent, task, task.train, self.cfg, ctx, step_fn=step, optimizers=self.optimizers)
 

@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Iterator, Literal
 
 from agentlab.config import check
-from agentlab.optim import OptimizerConfig, backward_step, cosine_factor, make_optimizer, set_lr, with_terms
+from agentlab.data import Batch
+from agentlab.driver import StepDriver, StepOutput
+from agentlab.learners.base import BudgetCosine, StatelessLearner
+from agentlab.optim import OptimizerConfig, backward_step, make_optimizer
 from agentlab.registry import BuildEnv, register
-from agentlab.learners.base import StatelessLearner
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,9 @@ class SequenceConfig(OptimizerConfig):
     """curriculum: window length in steps"""
     time_budget_s: float = 0.0
     """stop a task after this many seconds of training; 0 = no limit (steps decide)"""
+    epoch_steps: int = 100
+    """steps that make one pass over a task (its sequences are sampled fresh, so a pass is a count of steps):
+    the modules' `after_epoch` runs after each (SET rewires there); 0 = the task's `steps` are one pass"""
     lr_schedule: Literal["constant", "cosine"] = "constant"
     """learning rate over a task: constant, or cosine-annealed from `lr` to 0 over the task's budget
     (the fraction of `steps` or of `time_budget_s` used, whichever is further along)"""
@@ -56,6 +61,7 @@ class SequenceConfig(OptimizerConfig):
         check(self.threshold > 0, "threshold", self.threshold, "a number > 0")
         check(self.check_every >= 1, "check_every", self.check_every, "an integer >= 1")
         check(self.time_budget_s >= 0, "time_budget_s", self.time_budget_s, "a number >= 0")
+        check(self.epoch_steps >= 0, "epoch_steps", self.epoch_steps, "an integer >= 0 (0 = one pass per task)")
         check(self.lr_schedule in ("constant", "cosine"), "lr_schedule", self.lr_schedule, "'constant' or 'cosine'")
 
 
@@ -91,28 +97,29 @@ class SequenceLearner(StatelessLearner):
             raise ValueError(f"learner 'sequence' trains sequence tasks; task {task.name!r} is a {task.kind!r} task")
         cfg, src = self.cfg, task.train
         optimizer = make_optimizer(agent.trainable_parameters(), cfg)
+        schedule = (BudgetCosine(optimizer, cfg.lr, cfg.steps, time_budget_s=cfg.time_budget_s)
+                    if cfg.lr_schedule == "cosine" else None)
+        # `backward_step` is looked up here, in this module, so a test can watch the rate of every update.
+        driver = StepDriver(agent, optimizer, ctx, grad_clip=cfg.grad_clip, schedule=schedule, update=backward_step)
         curriculum = self.curriculum = Curriculum(cfg, src.spec.max_len)
+        per_pass = cfg.epoch_steps or cfg.steps
         t0 = time.perf_counter()
-        self.steps_done = 0
-        for step in range(cfg.steps):
-            elapsed = time.perf_counter() - t0
-            if cfg.time_budget_s and elapsed > cfg.time_budget_s:
-                break
-            if cfg.lr_schedule == "cosine":
-                done = max(step / cfg.steps, elapsed / cfg.time_budget_s if cfg.time_budget_s else 0.0)
-                set_lr(optimizer, cfg.lr * cosine_factor(done))
-            agent.train()
-            b = src.batch(ctx.generator, cfg.batch_size, curriculum.current).to(ctx.device)
+
+        def batches(epoch: int) -> Iterator[Any]:
+            """The steps of pass `epoch`: fresh batches at the curriculum's current length."""
+            for _ in range(min(per_pass, cfg.steps - epoch * per_pass)):
+                yield src.batch(ctx.generator, cfg.batch_size, curriculum.current).to(ctx.device)
+
+        def compute(b: Any) -> StepOutput:
             logits = agent(b.x, task.id)
-            cost = bits_per_sequence(logits, b.y, b.mask)
-            terms = agent.loss_terms(b, logits)
-            loss, losses = with_terms({"bits_per_seq": cost}, terms)
-            backward_step(optimizer, loss, agent.trainable_parameters(), cfg.grad_clip)
-            agent.after_step(ctx.global_step)
-            losses["max_len"] = float(curriculum.current)
-            curriculum.update(losses["bits_per_seq"])
-            ctx.step(losses, len(b))
-            self.steps_done += 1
+            seen = Batch(b.x, b.y, task.id, {"mask": b.mask})  # what the modules' terms and the memories' writes see
+            return StepOutput({"bits_per_seq": bits_per_sequence(logits, b.y, b.mask)}, logits, seen,
+                              logs={"max_len": float(curriculum.current)})
+
+        out_of_time = (lambda: time.perf_counter() - t0 > cfg.time_budget_s) if cfg.time_budget_s else None
+        driver.run(batches, compute, epochs=-(-cfg.steps // per_pass), until=out_of_time,
+                   on_step=lambda logged: curriculum.update(logged["bits_per_seq"]))
+        self.steps_done = driver.steps
         self.last_max_len = curriculum.current
 
 

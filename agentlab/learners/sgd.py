@@ -1,4 +1,4 @@
-"""The shared supervised training step and settings of the SGD-style learners (fine-tuning, replay, joint...)."""
+"""The shared supervised loss and settings of the SGD-style learners (fine-tuning, replay, joint...)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ from torch import Tensor
 from agentlab.agent import restrict_to_classes
 from agentlab.config import check
 from agentlab.data import Batch
-from agentlab.optim import OptimizerConfig, backward_step, with_terms
+from agentlab.driver import StepOutput
+from agentlab.optim import OptimizerConfig
 
 
 MAX_UNCAPPED_EPOCHS = 100_000
@@ -77,18 +78,14 @@ def classification_loss(
     return total / x.shape[0], out_current if out_current is not None else out
 
 
-def supervised_step(
+def supervised_loss(
     agent: Any,
     batch: Batch,
-    optimizer: torch.optim.Optimizer,
-    cfg: Any,
     task: Any,
     classes_by_task: Mapping[int, Sequence[int] | None] | None = None,
-) -> dict[str, float]:
-    """One optimisation step of cross-entropy plus the modules' extra loss terms."""
-    agent.train()
+    observed: Batch | None = None,
+) -> StepOutput:
+    """The cross-entropy step of the supervised learners, for the step driver: `batch` may mix tasks (replay,
+    joint); `observed` is the part of it this step newly saw (default: all of it)."""
     ce, out = classification_loss(agent, batch.x, batch.y, batch.extra.get("task_ids"), task, classes_by_task)
-    terms = agent.loss_terms(batch, out)
-    loss, losses = with_terms({"ce": ce}, terms)
-    backward_step(optimizer, loss, agent.trainable_parameters(), cfg.grad_clip)
-    return losses
+    return StepOutput({"ce": ce}, out, batch, observed)

@@ -25,11 +25,12 @@ from torch import Tensor
 
 from agentlab.config import check
 from agentlab.data import Batch
+from agentlab.driver import StepOutput
 from agentlab.learners.finetune import require_classification, train_split
 from agentlab.learners.replay import ReplayBuffer
-from agentlab.learners.sgd import SGDConfig, supervised_step
-from agentlab.registry import BuildEnv, register
+from agentlab.learners.sgd import SGDConfig, supervised_loss
 from agentlab.memory.vqvae import ImageVQVAE, pack_codes, unpack_codes
+from agentlab.registry import BuildEnv, register
 
 
 @dataclass(frozen=True)
@@ -118,7 +119,8 @@ class TokenReplay:
         buffer = self.buffer
         n_replay = self.cfg.replay_batch_size or self.cfg.batch_size
 
-        def step(batch: Batch, optimizer: torch.optim.Optimizer) -> dict[str, float]:
+        def step(batch: Batch) -> StepOutput:
+            observed = batch  # the examples as they arrived, before the codec's round trip
             memory = buffer.sample(n_replay, ctx.generator)
             packed = self.codec.encode(batch.x.cpu())
             if self.cfg.roundtrip_current and self.cfg.codec == "vq":
@@ -129,9 +131,9 @@ class TokenReplay:
                 with torch.no_grad():
                     replay_x = self.codec.decode(memory.x).to(batch.x.device)
                 mixed = Batch(torch.cat([batch.x, replay_x]), torch.cat([batch.y, memory.y.to(batch.y.device)]), task.id)
-            losses = supervised_step(agent, mixed, optimizer, self.cfg, task)
-            buffer.add(packed, batch.y, task.id, ctx.generator)
-            return losses
+            out = supervised_loss(agent, mixed, task, observed=observed)
+            buffer.add(packed, batch.y, task.id, ctx.generator)  # after the replayed sample is drawn, as in replay
+            return out
 
         train_split(agent, task, task.train, self.cfg, ctx, step_fn=step)
 

@@ -19,9 +19,8 @@ def test_supsup_agent_as_avalanche_strategy(data_root):
                   learner=FineTune(SGDConfig(lr=0.01, batch_size=20, epochs=1)))
     stream = split_mnist(data_root, scenario="task", max_per_task=100, max_eval_per_task=50)
     bench = to_avalanche(stream, tasks=[0, 1])
-    # Before the first task SupSup has nothing to train; the strategy rebuilds its optimizer per experience.
-    placeholder = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.0)
-    strategy = AgentStrategy(agent=agent, optimizer=placeholder, task_incremental=True)
+    # Before the first task SupSup has nothing to train; the strategy builds its optimizer once the scores exist.
+    strategy = AgentStrategy(agent=agent, task_incremental=True)
     exps = list(bench.train_stream)
     strategy.train(exps[0])
     x = stream[0].eval.x.float() / 255
