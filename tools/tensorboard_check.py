@@ -7,7 +7,7 @@ Starts TensorBoard on 127.0.0.1 (`--logdir RUN_DIR`: one run per agent, named by
 driven over the DevTools protocol on a pipe (no extra Python package), then:
 
 - saves `timeseries.png`, `scalars.png` (both without smoothing), `images.png`, `text.png`, `hparams.png` (the
-  HPARAMS tab as it opens) and `hparams-all.png` (every column ticked, 3,400 pixels wide) under `--out` (default
+  HPARAMS tab as it opens) and `hparams-all.png` (every column ticked, 4,600 pixels wide) under `--out` (default
   runs/tensorboard-check/);
 - reads the HPARAMS table as the browser renders it (the grid's rows and cells, not the data behind them) and
   checks that it has one row per agent of the run, a column for every key of the run's hyper-parameter schema
@@ -289,7 +289,7 @@ def main(argv: list[str] | None = None) -> int:
         ticked = browser.js(TICK_ALL)
         time.sleep(3)
         table = browser.js(READ_TABLE)
-        browser.send("Emulation.setDeviceMetricsOverride", {"width": 3400, "height": 700, "deviceScaleFactor": 1,
+        browser.send("Emulation.setDeviceMetricsOverride", {"width": 4600, "height": 700, "deviceScaleFactor": 1,
                                                               "mobile": False})
         time.sleep(2)
         browser.screenshot(out / "hparams-all.png")

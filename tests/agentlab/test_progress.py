@@ -80,3 +80,32 @@ def test_run_says_what_it_builds_and_no_progress_silences_it(tmp_path):
     assert rc == 0 and "agentlab: building stream 'digits-split'" in err and "finetune:" in err
     rc, _, err = cli("run", *QUICK, "--out", tmp_path / "b")
     assert rc == 0 and "building stream" not in err and "finetune:" not in err
+
+
+def test_learners_tell_the_driver_how_many_steps_they_plan():
+    """Through the step driver: fine-tuning plans epochs x batches (capped by max_steps), the sequence learner its
+    steps; the context hears it before the first step."""
+    from agentlab.learners.finetune import FineTune
+    from agentlab.learners.sgd import SGDConfig
+
+    task = permuted_stream(n_tasks=1)[0]  # 300 training examples
+    for cfg, planned in [(SGDConfig(epochs=2, batch_size=64), 2 * 5), (SGDConfig(epochs=3, batch_size=100, max_steps=4), 4)]:
+        seen = []
+        agent = Agent(MLP(20, [8], 4), learner=FineTune(cfg))
+        ctx = FitContext(generator=torch.Generator().manual_seed(0), task_index=0, n_tasks=1, progress=seen.append)
+        agent.start_task(task)
+        agent.learner.fit(agent, task, ctx)
+        assert {i["planned"] for i in seen} == {planned} and seen[-1]["task_step"] == planned
+
+
+def test_sequence_learner_plans_its_steps():
+    from agentlab.registry import BuildEnv, build
+
+    stream = build("stream", {"name": "algorithmic", "tasks": ["copy"], "max_len": 3, "n_eval": 2}, BuildEnv())
+    agent = Agent(build("backbone", {"name": "lstm-seq", "hidden_size": 8}, BuildEnv(stream=stream)),
+                  learner=build("learner", {"name": "sequence", "steps": 3, "batch_size": 2}, BuildEnv()))
+    seen = []
+    ctx = FitContext(generator=torch.Generator().manual_seed(0), task_index=0, n_tasks=1, progress=seen.append)
+    agent.start_task(stream[0])
+    agent.learner.fit(agent, stream[0], ctx)
+    assert [(i["task_step"], i["planned"]) for i in seen] == [(1, 3), (2, 3), (3, 3)]
