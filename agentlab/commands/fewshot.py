@@ -54,7 +54,8 @@ def _main(args: argparse.Namespace) -> int:
 
     overrides = protocol_overrides(args.ways, args.shots, args.queries, args.episodes, args.protocol, args.per_class)
     if args.from_run:
-        given = [f for f, v in (("RECIPE", args.recipe), ("--train-episodes", args.train_episodes), ("--seed", args.seed)) if v is not None]
+        flags = (("RECIPE", args.recipe), ("--train-episodes", args.train_episodes), ("--seed", args.seed))
+        given = [f for f, v in flags if v is not None]
         if given:
             raise UserError(f"--from evaluates the saved agents as they were trained: drop {', '.join(given)}")
         wrong = [o for o in args.overrides if not o.strip().startswith("stream.")]
