@@ -18,12 +18,13 @@ sequences):
         agent.after_epoch(epoch)                 (SET rewires after the next step)
         schedule.after_epoch(epoch, mean total loss of the pass)    True = the task's training stops here
 
-`run(passes, compute, epochs=..., max_steps=..., until=...)` is the loop of steps and passes: `passes(epoch)`
+`run(passes, compute, epochs=..., max_steps=..., until=..., steps=...)` is the loop of steps and passes: `passes(epoch)`
 yields the items of one pass, `compute(item)` turns one into a `StepOutput`, `until()` (a time budget) is checked
 before each item is drawn. What a pass is belongs to the learner: an epoch over a data set (finetune, replay, joint,
 imp, token_replay, personalize's population task), `epoch_steps` freshly sampled batches (sequence), the whole
 run of episodes (protonet, memtrans) or of a person's steps (personalize). A learner with a loop of its own calls
-`step` and `end_epoch` itself.
+`step` and `end_epoch` itself. `steps=` says how many steps the passes hold (passes are generators: only the
+learner knows), so the progress bar moves within a task with an ETA (`FitContext.plan`).
 
 The driver is built per task (its step and pass counters are the task's); the optimizer and schedule are the
 learner's (`agentlab.optim.make_optimizer`, `KeptOptimizer`, `make_schedule`). `update` is the gradient step,
@@ -125,12 +126,17 @@ class StepDriver:
         until: Callable[[], bool] | None = None,
         on_step: Callable[[dict[str, float]], None] | None = None,
         on_epoch: Callable[[int], None] | None = None,
+        steps: int = 0,
     ) -> int:
         """Up to `epochs` passes of steps, one per item of `passes(epoch)`, ending early after `max_steps` steps
         (0 = no limit), when `until()` is true before a step (a time budget; checked before the item is drawn), or
         when the schedule stops the task. A pass cut short still ends with `end_epoch`. `on_step(logged)` runs after
-        every step, `on_epoch(epoch)` after every pass (bookkeeping such as early-stopping checks). Returns the
-        steps taken."""
+        every step, `on_epoch(epoch)` after every pass (bookkeeping such as early-stopping checks). `steps`: how many
+        steps the passes hold when nothing cuts them short (0 = not known; `max_steps` caps it), told to the
+        context (`ctx.plan`) so the progress bar moves within the task. Returns the steps taken."""
+        planned = min(steps, max_steps) if steps and max_steps else steps or max_steps
+        if planned and hasattr(self.ctx, "plan"):
+            self.ctx.plan(planned)
         for epoch in range(epochs):
             items, steps_before, cut = iter(passes(epoch)), self.steps, False
             while True:

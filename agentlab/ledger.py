@@ -62,18 +62,32 @@ def ledger(agent: Any) -> dict[str, Any]:
     }
 
 
-def ledger_scalars(entry: dict[str, Any]) -> dict[str, float]:
-    """The ledger as TensorBoard scalars under `ledger/`."""
+def kib(n_bytes: float) -> float:
+    """Bytes as KiB (1,024 bytes), the unit of the ledger's TensorBoard tags."""
+    return float(n_bytes) / 1024
+
+
+def ledger_scalars(entry: dict[str, Any], held: set[str] | frozenset[str] = frozenset()) -> dict[str, float]:
+    """The ledger as TensorBoard scalars under `ledger/`, bytes in KiB (1,024 bytes; the unit is in the tag). A
+    module gets its cards once it holds something (now, or at an earlier task named in `held`): a learner that
+    keeps nothing gets no card reading 0."""
     out = {
-        "ledger/backbone_bytes": entry["backbone_bytes"],
-        "ledger/total_bytes": entry["total_bytes"],
+        "ledger/backbone_KiB": kib(entry["backbone_bytes"]),
+        "ledger/total_KiB": kib(entry["total_bytes"]),
         "ledger/params": entry["params"],
         "ledger/trainable_params": entry["trainable_params"],
         "ledger/sparsity": entry["sparsity"],
     }
     for name, m in entry["modules"].items():
-        out[f"ledger/{name}/bytes"] = m["bytes"]
+        if not m["bytes"] and name not in held:
+            continue
+        out[f"ledger/{name}/KiB"] = kib(m["bytes"])
         if m.get("per_task"):
             last = list(m["per_task"].values())[-1]
-            out[f"ledger/{name}/bytes_last_task"] = last
+            out[f"ledger/{name}/KiB_last_task"] = kib(last)
     return out
+
+
+def modules_held(entries: list[dict[str, Any]]) -> set[str]:
+    """The modules that held bytes in any of these ledger entries."""
+    return {name for e in entries for name, m in e["modules"].items() if m["bytes"]}

@@ -4,7 +4,11 @@
         agent.start_task(task); learner.fit(agent, task); agent.end_task(task)
         evaluate on every task seen so far and on the next one      -> row i of R
         (the first time a task is evaluated, the untrained agent is too -> b[j], for FWT)
-        metrics, ledger, module figures -> TensorBoard; summary.json; checkpoint
+        metrics, ledger, module figures, every figure the evaluator reports -> TensorBoard; summary.json; checkpoint
+
+What an evaluator reports beside the accuracy (`EvalResult.extra`: a confidence interval, bits per sequence, a
+time error, a raw return) is kept per row in `history[i]["eval"]` ({figure: {"NNN": value}}), logged as
+`eval/<figure>/task_NNN` and written to summary.json (`eval_extras`: one matrix per figure, like R).
 
 A run resumed from its last checkpoint continues exactly where the
 uninterrupted run would be: the checkpoint holds the agent, the learner's
@@ -25,10 +29,10 @@ import torch
 
 from agentlab import metrics as M
 from agentlab.config import check
-from agentlab.context import FitContext, NonFiniteLoss, StopRequested
+from agentlab.context import FitContext, NonFiniteLoss, Progress, StopRequested, progress_on
 from agentlab.errors import os_error_text
 from agentlab.evaluate import evaluate
-from agentlab.ledger import ledger, ledger_scalars
+from agentlab.ledger import ledger, ledger_scalars, modules_held
 from agentlab.runstate import Checkpointer, Interrupt
 from agentlab.runstate import resume as resume_from
 from agentlab.summary import write_summary
@@ -82,6 +86,21 @@ class RunResult:
     def completed(self) -> bool:
         return self.status == "completed"
 
+    def eval_extras(self) -> dict[str, np.ndarray]:
+        """Each figure an evaluator reported beside the accuracy, as a matrix shaped like R (NaN = not measured)."""
+        return extras_matrices(self.history, self.R.shape[1] if self.R.ndim == 2 else len(self.b))
+
+
+def extras_matrices(history: list[dict[str, Any]], n_tasks: int) -> dict[str, np.ndarray]:
+    """{figure: (rows done, T) matrix} from the `eval` entries of the loop's history."""
+    out: dict[str, np.ndarray] = {}
+    for i, row in enumerate(history):
+        for fig, cells in (row.get("eval") or {}).items():
+            m = out.setdefault(fig, np.full((len(history), n_tasks), np.nan))
+            for j, v in cells.items():
+                m[i, int(j)] = np.nan if v is None else v
+    return out
+
 
 def run(
     agent: Any,
@@ -92,11 +111,12 @@ def run(
     cfg: LoopConfig = LoopConfig(),
     logger: Any = None,
     resume: bool = False,
-    progress: bool = False,
+    progress: bool | None = None,
     config_record: dict[str, Any] | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> RunResult:
-    """Train `agent` on every task of `stream` in order; see the module docstring."""
+    """Train `agent` on every task of `stream` in order; see the module docstring. `progress`: a bar on stderr
+    (None: when the command shows progress, `agentlab.context.progress_shown`)."""
     T = len(stream)
     R = np.full((T, T), np.nan)
     b = np.full(T, np.nan)
@@ -129,11 +149,7 @@ def run(
         if logger is not None:
             logger.scalar(tag, v, step)
 
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=T, initial=start_task, desc=agent.label, unit="task", dynamic_ncols=True)
+    bar = Progress(agent.label, T, initial=start_task, shown=progress_on() if progress is None else progress)
 
     status, message = "completed", ""
     done_this_call = 0
@@ -148,8 +164,9 @@ def run(
                     generator=generator, task_index=i, n_tasks=T, device=device, global_step=global_step,
                     log_every=cfg.log_every, seen_tasks=lambda i=i: [stream[j] for j in range(i + 1)],
                     log_scalar=log_scalar, should_stop=lambda: stop() or interrupt.requested,
-                    progress=(lambda info, i=i: bar.set_postfix(task=i, step=info["step"], loss=f"{info['loss']:.3f}", refresh=False)) if bar else (lambda info: None),
+                    progress=lambda info, i=i: _advance(bar, i, T, info),
                 )
+                bar.phase(f"task {i + 1}/{T}: training")
                 t0 = time.perf_counter()
                 agent.start_task(task)
                 agent.learner.fit(agent, task, ctx)
@@ -166,10 +183,15 @@ def run(
                 if cfg.eval_next and i + 1 < T:
                     targets.append(i + 1)
                 inf_right = inf_total = 0.0
-                for j in targets:
+                extras: dict[str, dict[str, float]] = {}
+                for n_done, j in enumerate(targets):
+                    bar.phase(f"task {i + 1}/{T}: evaluating task_{j:03d} ({n_done + 1} of {len(targets)})")
                     tj = task if j == i else stream[j]
                     res = evaluate(agent, tj, batch_size=cfg.eval_batch_size, device=device)
                     R[i, j] = res.acc
+                    for fig, v in res.extra.items():
+                        if fig != "acc":  # an evaluator's "acc" is the accuracy itself, already R[i, j]
+                            extras.setdefault(fig, {})[f"{j:03d}"] = float(v)
                     if "task_inference_acc" in res.extra and j <= i:
                         inf_right += res.extra["task_inference_acc"] * res.n
                         inf_total += res.n
@@ -181,19 +203,19 @@ def run(
 
                 # With eval_seen="final" the entries not measured stay NaN and the metrics skip them.
                 figures = M.summarize(R[: i + 1, : i + 1], b, i + 1)
-                history.append({"task": i, **figures})
+                history.append({"task": i, **figures, **({"eval": extras} if extras else {})})
                 entry = ledger(agent)
                 ledgers.append(entry)
                 if logger is not None:
-                    _log_task(logger, agent, R, b, figures, entry, i, inference.get(f"{i:03d}"))
+                    bar.phase(f"task {i + 1}/{T}: logging")
+                    _log_task(logger, agent, R, b, figures, entry, i, inference.get(f"{i:03d}"), extras,
+                              modules_held(ledgers[:-1]))
                 done_this_call += 1
                 if ckpt is not None:
                     ckpt.save(i, agent=agent, init_agent=init_agent, R=R, b=b, global_step=global_step, history=history,
                               ledger=ledgers, timings=timings, task_names=task_names, task_inference=inference,
                               generator=generator)
-                if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix(task=i, step=global_step, acc=f"{100 * figures['avg_acc']:.1f}")
+                bar.to(i + 1, f"task {i + 1}/{T} done: avg acc {100 * figures['avg_acc']:.1f}%")
                 if cfg.stop_after_tasks and done_this_call >= cfg.stop_after_tasks and i < T - 1:
                     status, message = "interrupted", f"stopped after task {i} (stop_after_tasks)"
                     break
@@ -205,8 +227,7 @@ def run(
         except OSError as e:  # a write that failed (permission, no space, file size limit, a file for a folder)
             status, message = "failed", f"I/O error: {os_error_text(e)}"
         finally:
-            if bar is not None:
-                bar.close()
+            bar.close()
             if logger is not None:
                 try:
                     logger.flush()
@@ -215,7 +236,7 @@ def run(
                         status, message = "failed", f"I/O error: {os_error_text(e)}"
 
     n_done = len(history)
-    final = {k: v for k, v in history[-1].items() if k != "task"} if history else {}
+    final = {k: v for k, v in history[-1].items() if k not in ("task", "eval")} if history else {}
     if inference:
         final["task_inference_acc"] = float(np.mean(list(inference.values())))
     result = RunResult(
@@ -232,8 +253,16 @@ def run(
     return result
 
 
-def _log_task(logger: Any, agent: Any, R: np.ndarray, b: np.ndarray, figures: dict, entry: dict, i: int, inf: float | None) -> None:
-    from agentlab.tblog import heatmap_image
+def _advance(bar: Progress, i: int, T: int, info: dict[str, Any]) -> None:
+    """Within task i: the bar moves by the share of the task's planned steps done (when the learner planned)."""
+    done, planned = info["task_step"], info["planned"]
+    where = f"task {i + 1}/{T}: step {done}/{planned}" if planned else f"task {i + 1}/{T}: step {done}"
+    bar.to(i + (min(done / planned, 0.999) if planned else 0.0), f"{where}, loss {info['loss']:.3f}")
+
+
+def _log_task(logger: Any, agent: Any, R: np.ndarray, b: np.ndarray, figures: dict, entry: dict, i: int,
+              inf: float | None, extras: dict[str, dict[str, float]], held: set[str]) -> None:
+    from agentlab.tblog import heatmap_image, images_of
 
     step = i
     for k in ("avg_acc", "bwt", "fwt", "forgetting"):
@@ -245,15 +274,20 @@ def _log_task(logger: Any, agent: Any, R: np.ndarray, b: np.ndarray, figures: di
     for j in range(R.shape[1]):
         if not np.isnan(R[i, j]):
             logger.scalar(f"eval/acc/task_{j:03d}", R[i, j], step)
+    for fig, cells in extras.items():
+        for j, v in cells.items():
+            logger.scalar(f"eval/{fig}/task_{j}", v, step)
     if inf is not None:
         logger.scalar("eval/task_inference_acc", inf, step)
-    logger.scalars(ledger_scalars(entry), step)
+    logger.scalars(ledger_scalars(entry, held), step)
     logger.scalars(agent.scalars(), step)
-    for tag, img in agent.images().items():
-        logger.image(tag, img, step)
+    with images_of(agent.label):
+        for tag, img in agent.images().items():
+            logger.image(tag, img, step)
+        n = R.shape[1]
+        if n <= 64:
+            shown = R[: i + 1, : min(n, i + 2)]
+            logger.image("cl/accuracy_matrix", heatmap_image(shown, f"accuracy R[i, j] in % after task {i}"), step)
     for tag, values in agent.histograms().items():
         logger.histogram(tag, values, step)
-    n = R.shape[1]
-    if n <= 64:
-        logger.image("cl/accuracy_matrix", heatmap_image(R[: i + 1, : min(n, i + 2)]), step)
     logger.flush()

@@ -9,10 +9,16 @@
 
 Each agent starts from the same seed, so agents of one recipe share their
 backbone's initial weights and the data order of the first task.
+
+TensorBoard (`tensorboard --logdir RUN_DIR`: one run per agent, named by its label): every agent writes the same
+HPARAMS schema, the union of the keys the recipe sets for any agent (with each agent's effective value, defaults
+included; an empty cell where its components have no such key), against `avg_acc`, `total_KiB`, `bwt`, `fwt`,
+`forgetting` and `task_inference_acc`; the TEXT tab's `hparams` table lists every key of the agent with defaults.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -23,17 +29,24 @@ from typing import Any, Callable
 import numpy as np
 
 from agentlab import recipe as recipes
+from agentlab import registry
 from agentlab.checkpoint import NoUsableCheckpoint, atomic_write_text
-from agentlab.config import ConfigError
+from agentlab.config import ConfigError, build_config
+from agentlab.context import progress_on, progress_shown, say
 from agentlab.devices import check_device
 from agentlab.errors import UserError, os_error_text
+from agentlab.ledger import kib
 from agentlab.loop import RunResult, run
+from agentlab.plugins import load_plugins
 from agentlab.registry import BuildEnv
 from agentlab.rundir import LockedError, RunLock, check_out_root, check_writable, create_run_dir, inside, run_dir_name
 from agentlab.runstate import CHECKPOINTS, forget_checkpoints, peek_global_step
 from agentlab.seeding import seed_everything
 from agentlab.summary import jsonable, package_versions, read_summary, write_summary
-from agentlab.tblog import TBLogger, flatten_dict
+from agentlab.tblog import HParamSchema, TBLogger, flatten_dict
+
+# The HPARAMS tab's metric columns (`hparam/<name>` scalars written when an agent completes).
+HPARAM_METRICS = ("avg_acc", "total_KiB", "bwt", "fwt", "forgetting", "task_inference_acc")
 
 
 def _stderr(line: str) -> None:
@@ -48,7 +61,7 @@ def run_recipe(
     resume: bool = False,
     restart: bool = False,
     data_root: Path | None = None,
-    progress: bool = False,
+    progress: bool | None = None,
     only: list[str] | None = None,
     resume_overrides: list[str] | None = None,
     notify: Callable[[str], None] = _stderr,
@@ -58,8 +71,17 @@ def run_recipe(
     Bad input raises `UserError` before anything is written. A write that fails (permission, no space, file size
     limit, a file where a folder should be) ends the agent with status "failed" and a message naming the path and
     the cause; the summaries are still written where they can be. With `resume`, an agent whose checkpoints are all
-    unusable raises `NoUsableCheckpoint`, unless `restart`: then it is trained again from task 0.
+    unusable raises `NoUsableCheckpoint`, unless `restart`: then it is trained again from task 0. `progress`: bars and
+    phase lines on stderr (None: as the calling command shows them, `agentlab.context.progress_shown`).
     """
+    with progress_shown(progress_on() if progress is None else progress):
+        return _run_recipe(resolved, out_root=out_root, run_dir=run_dir, resume=resume, restart=restart,
+                           data_root=data_root, only=only, resume_overrides=resume_overrides, notify=notify)
+
+
+def _run_recipe(resolved: recipes.Resolved, *, out_root: Path, run_dir: Path | None, resume: bool, restart: bool,
+                data_root: Path | None, only: list[str] | None, resume_overrides: list[str] | None,
+                notify: Callable[[str], None]) -> tuple[Path, dict[str, RunResult]]:
     recipes.check_components(resolved)
     if only:
         unknown = [a for a in only if a not in resolved.agents]
@@ -73,6 +95,7 @@ def run_recipe(
         check_out_root(out_root)
     env = BuildEnv(seed=resolved.seed, data_root=data_root)
     seed_everything(resolved.seed, deterministic=resolved.deterministic)
+    say(f"building stream {resolved.table['stream']['name']!r}")
     stream = recipes.build_stream(resolved, env)
     check_matrix_fits(len(stream))
     env.stream = stream
@@ -91,6 +114,7 @@ def run_recipe(
         "versions": package_versions(),
     }
     results: dict[str, RunResult] = {}
+    schema = hparam_schema(resolved, [a for a in resolved.agents if not only or a in only])
     with RunLock(run_dir, wait=True):
         _write_config(run_dir, record, resume, resume_overrides or [])
     try:
@@ -102,8 +126,8 @@ def run_recipe(
                 arm_dir.mkdir(exist_ok=True)
                 with RunLock(arm_dir, what=f"agent {label}'s folder"):
                     done = _completed_result(arm_dir) if resume else None
-                    result = done or _run_agent(label, spec, resolved, stream, env, arm_dir, record, resume=resume,
-                                                restart=restart, progress=progress, notify=notify)
+                    result = done or _run_agent(label, spec, resolved, stream, env, arm_dir, record, schema, resume=resume,
+                                                restart=restart, notify=notify)
             except OSError as e:
                 result = _failed(label, stream, arm_dir, f"I/O error: {os_error_text(e)}")
                 try:
@@ -165,8 +189,51 @@ def _write_config(run_dir: Path, record: dict[str, Any], resume: bool, overrides
         atomic_write_text(path, json.dumps(jsonable(old), indent=2))
 
 
+def hparam_schema(resolved: recipes.Resolved, labels: list[str]) -> HParamSchema:
+    """The HPARAMS columns of a run: `components` (what the agent is made of, e.g. "finetune · mlp + supsup +
+    episodic"), `seed`, then every key the recipe sets (after `--set`) for any of these agents, `stream.*`
+    included. Each agent's cell holds its effective value (a default where the recipe left the key out but the
+    agent's component has it), empty where its components have no such key."""
+    load_plugins()  # the components' defaults come from their registered config classes
+    written: list[str] = ["components", "seed"]
+    full: dict[str, dict[str, Any]] = {}
+    for label in labels:
+        spec = resolved.agents[label]
+        hp = {"stream": resolved.table["stream"], **spec}
+        written += [k for k in flatten_dict(hp) if k not in written]
+        full[label] = {"components": components(spec), "seed": resolved.seed, **agent_hparams(resolved, spec)}
+    return HParamSchema.of({a: {k: v[k] for k in written if k in v} for a, v in full.items()}, HPARAM_METRICS)
+
+
+def components(spec: dict[str, Any]) -> str:
+    """"finetune · mlp + supsup + episodic": an agent's learner, then its backbone and modules by name."""
+    parts = [spec["backbone"]["name"], *(t["name"] for k in ("plasticity", "memory") for t in spec.get(k, []))]
+    return f"{spec['learner']['name']} · {' + '.join(parts)}"
+
+
+def agent_hparams(resolved: recipes.Resolved, spec: dict[str, Any]) -> dict[str, Any]:
+    """An agent's flat hyper-parameters with every component's defaults filled in (`learner.lr`, `plasticity.0.k`),
+    the stream's as the recipe gives them."""
+    filled: dict[str, Any] = {"stream": resolved.table["stream"]}
+    for kind in ("backbone", "learner"):
+        filled[kind] = _with_defaults(kind, spec[kind])
+    for kind in ("plasticity", "memory"):
+        if spec.get(kind):
+            filled[kind] = [_with_defaults(kind, t) for t in spec[kind]]
+    return flatten_dict(filled)
+
+
+def _with_defaults(kind: str, table: dict[str, Any]) -> dict[str, Any]:
+    rest = {k: v for k, v in table.items() if k != "name"}
+    try:
+        cfg = build_config(registry.get(kind, table["name"]).config_cls, rest)
+    except (ConfigError, KeyError, TypeError):  # reported when the agent is built; the written keys serve here
+        return dict(table)
+    return {"name": table["name"], **dataclasses.asdict(cfg)}
+
+
 def _run_agent(label: str, spec: dict[str, Any], resolved: recipes.Resolved, stream: Any, env: BuildEnv, arm_dir: Path,
-               record: dict[str, Any], *, resume: bool, restart: bool, progress: bool,
+               record: dict[str, Any], schema: HParamSchema, *, resume: bool, restart: bool,
                notify: Callable[[str], None]) -> RunResult:
     """One agent over the stream, resumed from its checkpoints when asked (and trained again when they are unusable
     and `restart` says so)."""
@@ -184,16 +251,16 @@ def _run_agent(label: str, spec: dict[str, Any], resolved: recipes.Resolved, str
         # An arm with no checkpoint yet starts from nothing, resume or not; a restart drops every earlier event.
         purge = 0 if purge_all else (peek_global_step(arm_dir, len(stream)) if resume else None)
         logger = TBLogger(arm_dir, purge_step=purge)
-        hp = flatten_dict({"seed": resolved.seed, "stream": resolved.table["stream"], **spec})
         try:
             if purge is None or purge_all:
-                logger.hparams_table(hp)
+                logger.hparams_table({"components": components(spec), "seed": resolved.seed, **agent_hparams(resolved, spec)})
+                logger.hparams_start(schema, label)
             result = run(
                 agent, stream, generator=generator, out_dir=arm_dir, cfg=resolved.loop, logger=logger,
-                resume=resume, progress=progress, config_record={**record, "agent": label, "spec": spec},
+                resume=resume, config_record={**record, "agent": label, "spec": spec},
             )
             if result.completed:
-                logger.hparams(hp, {k: v for k, v in result.metrics.items()})
+                logger.hparams_end(hparam_metrics(result), completed=True)
             return result
         except NoUsableCheckpoint as e:
             if not restart:
@@ -204,6 +271,14 @@ def _run_agent(label: str, spec: dict[str, Any], resolved: recipes.Resolved, str
             resume, purge_all = False, True
         finally:
             logger.close()
+
+
+def hparam_metrics(result: RunResult) -> dict[str, float]:
+    """The HPARAMS tab's metric values of a finished agent: its final metrics and the bytes it keeps, in KiB."""
+    out = {k: float(v) for k, v in result.metrics.items() if k in HPARAM_METRICS}
+    if result.ledger:
+        out["total_KiB"] = kib(result.ledger[-1]["total_bytes"])
+    return out
 
 
 def _failed(label: str, stream: Any, arm_dir: Path, message: str) -> RunResult:
@@ -239,7 +314,8 @@ def write_run_summary(run_dir: Path, resolved: recipes.Resolved, results: dict[s
     for label, r in results.items():
         agents[label] = {
             "status": r.status, "message": r.message, "metrics": r.metrics, "accuracy_matrix": r.R,
-            "tasks": r.task_names, "timings": r.timings, "total_bytes": r.ledger[-1]["total_bytes"] if r.ledger else None,
+            "eval_extras": r.eval_extras(), "tasks": r.task_names, "timings": r.timings,
+            "total_bytes": r.ledger[-1]["total_bytes"] if r.ledger else None,
         }
     body = {"recipe": resolved.name, "stream": resolved.table["stream"]["name"], "seed": resolved.seed, "agents": agents,
             "config": resolved.table, "versions": package_versions()}

@@ -68,6 +68,7 @@ def summary_dict(result: Any, config: dict[str, Any]) -> dict[str, Any]:
         "tasks": result.task_names,
         "accuracy_matrix": result.R,
         "untrained_accuracy": result.b,
+        "eval_extras": result.eval_extras(),
         "metrics": result.metrics,
         "history": result.history,
         "task_inference": result.task_inference,

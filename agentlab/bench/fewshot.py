@@ -31,8 +31,7 @@ QUICK = {"episodes": 40, "train_ways": 20, "time_budget_s": 45.0, "lr_halve_ever
 def bench_fewshot_omniglot(args: BenchArgs, env: BuildEnv) -> BenchResult:
     """Protonet on Omniglot 5-way / 20-way 1-shot (goal 97% / 92%; paper 98.8 / 96.0)."""
     from agentlab import recipe as recipes
-    from agentlab.fewshot import prepare, train_agent
-    from agentlab.scenarios.episode_eval import evaluate_episodes
+    from agentlab.fewshot import evaluate_shown, prepare, train_agent
     from agentlab.scenarios.episodes import EpisodeSet
 
     b = QUICK if args.quick else FULL
@@ -51,8 +50,8 @@ def bench_fewshot_omniglot(args: BenchArgs, env: BuildEnv) -> BenchResult:
     t0 = time.perf_counter()
     cache = getattr(agent.learner, "embedding_cache", None)
     with cache(agent.eval(), five.pool) if cache and not args.quick else nullcontext():  # one pass serves both sets
-        rep5 = evaluate_episodes(agent, five)
-        rep20 = evaluate_episodes(agent, twenty)
+        rep5 = evaluate_shown(agent, five, desc="5-way 1-shot test")
+        rep20 = evaluate_shown(agent, twenty, desc="20-way 1-shot test")
     eval_s = time.perf_counter() - t0
     metrics = {"acc_5w1s": rep5.mean, "acc_20w1s": rep20.mean, "ci95_5w1s": rep5.ci95, "ci95_20w1s": rep20.ci95,
                "train_s": train_s, "train_episodes": float(done), "eval_s": eval_s}

@@ -27,6 +27,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_data_root(p)
     add_device(p)
     add_threads(p)
+    p.add_argument("--no-progress", action="store_true", help="no progress bars and no lines saying what runs")
 
 
 def _supporting(flag: str) -> list[str]:
@@ -39,6 +40,7 @@ def main(args: argparse.Namespace) -> int:
     from agentlab import registry
     from agentlab.bench import BenchArgs
     from agentlab.checkpoint import atomic_write_text
+    from agentlab.context import progress_shown, say
     from agentlab.datasets import data_root
     from agentlab.devices import check_device
     from agentlab.plugins import load_benchmarks
@@ -58,7 +60,9 @@ def main(args: argparse.Namespace) -> int:
                       device=check_device(args.device))
     env = registry.BuildEnv(seed=args.seed, data_root=root)
     t0 = time.perf_counter()
-    result = entry.factory(bargs, env)
+    with progress_shown(not args.no_progress):  # the loop's and the few-shot trainer's bars, phase lines
+        say(f"bench {args.name} ({'quick' if args.quick else 'full'}) started")
+        result = entry.factory(bargs, env)
     wall = time.perf_counter() - t0
     mode = "quick" if args.quick else "full"
     body = {"bench": args.name, "mode": mode, "metrics": result.metrics, "rows": result.rows, "goals": result.goals,

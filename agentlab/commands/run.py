@@ -95,7 +95,7 @@ def _main(args: argparse.Namespace) -> int:
     except (OSError, ValueError):
         pass  # the summary could not be written: the failure is reported below
     print(f"\nrun directory: {run_dir}   ({time.perf_counter() - t0:.1f} s)")
-    print(f"TensorBoard:   tensorboard --logdir {run_dir}")
+    print(f"TensorBoard:   tensorboard --logdir {run_dir}   (then open http://localhost:6006/?smoothing=0)")
     bad = [r for r in results.values() if not r.completed]
     for r in bad:
         print(f"agent {r.label}: {r.status}: {r.message}", file=sys.stderr)

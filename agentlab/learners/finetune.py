@@ -50,7 +50,8 @@ def train_split(
             yield batch.to(ctx.device)
 
     compute = step_fn if step_fn is not None else (lambda batch: supervised_loss(agent, batch, task, classes_by_task))
-    driver.run(batches, compute, epochs=cfg.epochs, max_steps=cfg.max_steps, on_step=on_step, on_epoch=on_epoch)
+    driver.run(batches, compute, epochs=cfg.epochs, max_steps=cfg.max_steps, on_step=on_step, on_epoch=on_epoch,
+               steps=cfg.epochs * per_epoch)
     if schedules is not None:
         schedules[str(task.id)] = schedule.state_dict()
     return driver

@@ -195,7 +195,8 @@ class MemTransLearner:
             self.episodes_done += c.batch
 
         out_of_time = (lambda: time.perf_counter() - start > c.time_budget_s) if c.time_budget_s else None
-        driver.run(batches, lambda eps: self.episode_step(agent, eps, task.id, ctx.device), until=out_of_time, on_step=counted)
+        driver.run(batches, lambda eps: self.episode_step(agent, eps, task.id, ctx.device), until=out_of_time, on_step=counted,
+                   steps=-(-(c.episodes - first) // c.batch))
         self.train_s = time.perf_counter() - start
 
     def predict_episode(self, agent: Any, episode: Any, device: str = "cpu") -> Tensor:

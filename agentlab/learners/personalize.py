@@ -94,7 +94,8 @@ class Personalize(StatelessLearner):
                 for batch in task.train.batches(size, shuffle=True, generator=ctx.generator, task_id=task.id):
                     yield batch.to(ctx.device)
 
-            driver.run(batches, compute, epochs=self.cfg.population_epochs)
+            driver.run(batches, compute, epochs=self.cfg.population_epochs,
+                       steps=self.cfg.population_epochs * -(-len(task.train) // size))
             return
         size = self.cfg.batch_size or len(task.train)
 
@@ -108,7 +109,7 @@ class Personalize(StatelessLearner):
                     if step >= self.cfg.steps:
                         return
 
-        driver.run(cycled, compute)  # one pass: after_epoch(0) ends the person's training
+        driver.run(cycled, compute, steps=self.cfg.steps)  # one pass: after_epoch(0) ends the person's training
 
 
 @register("learner", "personalize", PersonalizeConfig)

@@ -144,7 +144,8 @@ class ProtoNet(StatelessLearner):
         def counted(logged: dict[str, float]) -> None:
             self.episodes_done += 1
 
-        driver.run(episodes, lambda ep: self.episode_loss(agent, ep, ctx.device, task.id), until=out_of_time if c.time_budget_s else None,
+        driver.run(episodes, lambda ep: self.episode_loss(agent, ep, ctx.device, task.id), steps=c.episodes,
+                   until=out_of_time if c.time_budget_s else None,
                    on_step=counted)
 
     @contextmanager

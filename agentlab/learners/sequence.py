@@ -117,7 +117,7 @@ class SequenceLearner(StatelessLearner):
                               logs={"max_len": float(curriculum.current)})
 
         out_of_time = (lambda: time.perf_counter() - t0 > cfg.time_budget_s) if cfg.time_budget_s else None
-        driver.run(batches, compute, epochs=-(-cfg.steps // per_pass), until=out_of_time,
+        driver.run(batches, compute, epochs=-(-cfg.steps // per_pass), until=out_of_time, steps=cfg.steps,
                    on_step=lambda logged: curriculum.update(logged["bits_per_seq"]))
         self.steps_done = driver.steps
         self.last_max_len = curriculum.current

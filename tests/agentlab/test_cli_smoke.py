@@ -40,8 +40,8 @@ def test_tensorboard_tags(default_run):
     acc.Reload()
     tags = set(acc.Tags()["scalars"])
     for t in ["cl/avg_acc", "cl/bwt", "cl/fwt", "cl/forgetting", "cl/forgetting/task_000", "eval/acc/task_000",
-              "eval/acc/task_004", "losses/ce", "losses/total", "charts/steps_per_sec", "ledger/total_bytes",
-              "ledger/learner_replay/bytes", "ledger/params"]:
+              "eval/acc/task_004", "losses/ce", "losses/total", "charts/steps_per_sec", "ledger/total_KiB",
+              "ledger/learner_replay/KiB", "ledger/params"]:
         assert t in tags, t
     assert "cl/accuracy_matrix" in acc.Tags()["images"]
     assert len(acc.Scalars("cl/avg_acc")) == 5  # one point per task
