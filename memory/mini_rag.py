@@ -34,6 +34,7 @@ from torch import Tensor, nn
 
 from agentlab.attachment import AttachConfig, AttachedMemory, Fuse
 from agentlab.config import check
+from agentlab.errors import CannotForget
 from agentlab.protocols import MemoryModule
 from agentlab.registry import BuildEnv, register
 from agentlab.memory.store import EpisodeStore
@@ -237,6 +238,12 @@ class AttachedMiniRAG(AttachedMemory):
 
     def set_extra_state(self, state: dict[str, Any]) -> None:
         load_store_state(self.store, state)
+
+    def forget_task(self, task_id: int) -> int:
+        if len(self.store) == 0:
+            return 0
+        raise CannotForget(f"memory {self.name!r}: its entries (key, tokens, label) carry no task id, and its fusion "
+                           "layers trained with every task reading them")
 
 
 @register("memory", "mini_rag", MiniRAGConfig)

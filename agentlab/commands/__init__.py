@@ -12,4 +12,5 @@ COMMANDS = {
     "fewshot": "agentlab.commands.fewshot",
     "results": "agentlab.commands.results",
     "sweep": "agentlab.commands.sweep",
+    "forget": "agentlab.commands.forget",
 }

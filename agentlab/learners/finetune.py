@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from agentlab.data import Split
+from agentlab.errors import CannotForget
 from agentlab.learners.sgd import SGDConfig, supervised_step
 from agentlab.optim import KeptOptimizer, make_optimizer, make_schedule
 from agentlab.registry import BuildEnv, register
@@ -78,6 +79,13 @@ class FineTune(StatelessLearner):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.optimizers.load_state_dict(state.get("optimizer", {}))
+
+    def forget_task(self, task_id: int) -> int:
+        """Nothing per task, unless one optimizer is kept across tasks: its moments mix every task's gradients."""
+        if self.cfg.keep_optimizer:
+            raise CannotForget(f"learner {self.name!r} keeps one optimizer across tasks (keep_optimizer = true): its "
+                               f"moments mix task {task_id}'s gradients into every later task's steps")
+        return 0
 
 
 @register("learner", "finetune", SGDConfig)

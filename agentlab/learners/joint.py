@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from agentlab.data import concat_splits
+from agentlab.errors import CannotForget
 from agentlab.learners.finetune import FineTune, require_classification, train_split
 from agentlab.learners.sgd import SGDConfig
 from agentlab.registry import BuildEnv, register
@@ -29,6 +30,10 @@ class Joint(FineTune):
         union = concat_splits([t.train for t in seen], [t.id for t in seen])
         classes = {t.id: t.classes for t in seen}
         train_split(agent, task, union, self.cfg, ctx, classes_by_task=classes, optimizers=self.optimizers)
+
+    def forget_task(self, task_id: int) -> int:
+        raise CannotForget(f"learner 'joint' trains every task on the data of all tasks before it: task {task_id}'s "
+                           "examples shaped every later task's training")
 
 
 @register("learner", "joint", JointConfig)
