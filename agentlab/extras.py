@@ -8,7 +8,7 @@ from types import ModuleType
 from agentlab.errors import UserError
 
 # extra -> the distributions it installs (pyproject.toml's [project.optional-dependencies])
-EXTRAS = {"ann": "faiss-cpu", "ray": "ray[default]"}
+EXTRAS = {"ann": "faiss-cpu", "ray": "ray[default]", "dnc-reference": "dnc"}
 
 
 def require(module: str, *, extra: str, feature: str) -> ModuleType:

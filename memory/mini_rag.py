@@ -87,7 +87,31 @@ class RAGState(NamedTuple):
     retrieved_slots: Tensor | None  # (B, k) what the last forward read
 
 
-class MiniRAG(MemoryModule):
+class StoreHolder:
+    """What a memory holding an `EpisodeStore` as `self.store` reports and checkpoints: its bytes, its figures
+    (`memory/<name>/...`: size, capacity, occupancy, hit_rate, retrieval_latency_ms, bytes) and its content, which
+    travels as tensors beside the parameters (counters too, so hit rate and latency continue across a resume;
+    a loaded state is checked as a store file is)."""
+
+    store: EpisodeStore
+
+    def reset(self) -> None:
+        self.store.reset()
+
+    def state_bytes(self) -> int:
+        return self.store.nbytes()
+
+    def scalars(self) -> dict[str, float]:
+        return self.store.stats()
+
+    def get_extra_state(self) -> dict[str, Any]:
+        return self.store.state()
+
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        self.store.load_state(state)
+
+
+class MiniRAG(StoreHolder, MemoryModule):
     """An `EpisodeStore` plus the cross-attention that fuses retrieved tokens into hidden states."""
 
     name = "mini_rag"
@@ -118,9 +142,6 @@ class MiniRAG(MemoryModule):
 
     def retrieve(self, query: Tensor, k: int | None = None):
         return self.store.retrieve(query, k or self.cfg.k)
-
-    def reset(self) -> None:
-        self.store.reset()
 
     # ------------------------------------------------------------------ the memory-module protocol
     def initial_state(self, batch_size: int, device: torch.device | str = "cpu") -> RAGState:
@@ -157,29 +178,9 @@ class MiniRAG(MemoryModule):
             self.store.write(keys[:n], tokens[:n], labels)
         self.pending = None
 
-    def state_bytes(self) -> int:
-        return self.store.nbytes()
-
-    def scalars(self) -> dict[str, float]:
-        return self.store.stats()
-
-    # checkpoints: the store travels as tensors beside the parameters
-    def get_extra_state(self) -> dict[str, Any]:
-        return store_state(self.store)
-
-    def set_extra_state(self, state: dict[str, Any]) -> None:
-        load_store_state(self.store, state)
 
 
-def store_state(s: EpisodeStore) -> dict[str, Any]:
-    return s.state()  # counters too: hit rate and latency continue across a resume
-
-
-def load_store_state(s: EpisodeStore, state: dict[str, Any]) -> None:
-    s.load_state(state)  # checked as a store file is: StoreCorruptError naming what is wrong
-
-
-class AttachedMiniRAG(AttachedMemory):
+class AttachedMiniRAG(StoreHolder, AttachedMemory):
     """The mini-RAG store at an attachment point of any backbone (see the module docstring).
 
     key(h) = normalise(h R), R (F, key_dim) fixed by `seed`; an episode is (key, label); a read is the k
@@ -224,20 +225,6 @@ class AttachedMiniRAG(AttachedMemory):
         labels = labels.clamp(max=self.cfg.num_labels - 1)
         self.store.write(self.key(x), torch.full((x.shape[0], 1), -1, dtype=torch.int32), labels.cpu())
 
-    def reset(self) -> None:
-        self.store.reset()
-
-    def state_bytes(self) -> int:
-        return self.store.nbytes()
-
-    def scalars(self) -> dict[str, float]:
-        return self.store.stats()
-
-    def get_extra_state(self) -> dict[str, Any]:
-        return store_state(self.store)
-
-    def set_extra_state(self, state: dict[str, Any]) -> None:
-        load_store_state(self.store, state)
 
     def forget_task(self, task_id: int) -> int:
         if len(self.store) == 0:

@@ -59,6 +59,8 @@ class SETConfig(LayerTargets):
     """frozen-and-grow: at most this share of a layer's positions per task (leaves room for later tasks)"""
     rows_by_class: bool = True
     """frozen-and-grow: in the last wrapped layer, a task grows only into its own classes' rows"""
+    sparse_kernels: bool = True
+    """CPU: compute a Linear layer SET wraps alone on CSR storage (same outputs and gradients); false = the masked dense product"""
     name: str = "set"
     """module name (TensorBoard prefix plasticity/<name>/)"""
 
@@ -104,7 +106,8 @@ class SET(PlasticityModule):
 
     # ------------------------------------------------------------------ building
     def attach(self, backbone: nn.Module) -> None:
-        make = lambda name, base: SparseLayer(base, freeze_per_task=self.cfg.freeze_per_task, rewires=self.cfg.zeta > 0)
+        make = lambda name, base: SparseLayer(base, freeze_per_task=self.cfg.freeze_per_task, rewires=self.cfg.zeta > 0,  # noqa: E731
+                                              sparse_kernels=self.cfg.sparse_kernels)
         self.layers = attach_transforms(backbone, self.cfg, self.name, make)  # type: ignore[assignment]
         for layer in self.layers.values():
             layer.keep_grad = self.cfg.regrowth == "gradient"

@@ -14,17 +14,28 @@ earlier tasks' connections are frozen, so their outputs cannot change
 (PackNet-style isolation, Mallya & Lazebnik 2018, grown sparsely as in SET).
 Free positions get no gradient through the mask.
 
+Sparse kernels (`sparse_kernels`, SET's default): on the CPU, a `Linear` layer on which this
+transform is the only one in force computes its output on CSR storage
+(`agentlab.plasticity.sparse_kernels`: forward, input gradient and a weight gradient sampled at
+the connections), the same function and gradients as the masked dense product, for about the
+connections' share of its arithmetic. The dense weight stays the parameter and `.weight` still
+returns the masked weight, so readers, the optimiser, checkpoints and rewiring are unchanged.
+The masked dense product is used instead when another transform is stacked on the layer (a
+SupSup supermask, a LoRA delta: they change the weight densely), for `Conv2d`, on a GPU, and
+while RigL's regrowth needs the dense gradient at empty positions (`keep_grad`).
+
 Axes: o = output units / channels, i = inputs (in_features or in_channels*kh*kw).
 """
 
 from __future__ import annotations
 
 import math
-from typing import Iterator
+from typing import Any, Iterator
 
 import torch
 from torch import Tensor, nn
 
+from agentlab.plasticity.sparse_kernels import CSRPattern, sparse_linear
 from agentlab.wrapping import LayerTransform, WrappedLayer
 
 FREE = -1
@@ -62,7 +73,8 @@ def random_positions(candidates: Tensor, n: int, generator: torch.Generator | No
 class SparseLayer(LayerTransform):
     """Task-owned connections of one Linear or Conv2d; see the module docstring."""
 
-    def __init__(self, base_layer: nn.Module, *, freeze_per_task: bool = False, rewires: bool = True) -> None:
+    def __init__(self, base_layer: nn.Module, *, freeze_per_task: bool = False, rewires: bool = True,
+                 sparse_kernels: bool = False) -> None:
         super().__init__()
         if not isinstance(base_layer, (nn.Linear, nn.Conv2d)):
             raise TypeError(f"SparseLayer works on nn.Linear or nn.Conv2d, got {type(base_layer).__name__}")
@@ -81,6 +93,9 @@ class SparseLayer(LayerTransform):
         self._version = 0
         self.keep_grad = False  # RigL regrowth needs dL/dw at empty positions
         self.dense_grad: Tensor | None = None
+        self.sparse_kernels = sparse_kernels and isinstance(base_layer, nn.Linear)
+        self._pattern_key: tuple | None = None
+        self._pattern: CSRPattern | None = None
 
     # ------------------------------------------------------------------ masks
     def changed(self) -> None:
@@ -107,6 +122,21 @@ class SparseLayer(LayerTransform):
             self._mask_key = key
         return self._mask
 
+    def pattern(self) -> CSRPattern:
+        """The CSR index structure of the connections in use, rebuilt when `owner`, view or task change."""
+        key = (self._version, self.view, self.train_task, self.owner.device)
+        if self._pattern is None or self._pattern_key != key:
+            act = self.active(self.view)
+            frozen_parts = self.freeze_per_task and self.train_task is not None
+            self._pattern = CSRPattern(act, (act & (self.owner == self.train_task)) if frozen_parts else None)
+            self._pattern_key = key
+        return self._pattern
+
+    def uses_sparse_kernels(self, x: Tensor) -> bool:
+        """Whether this forward runs on CSR storage (see the module docstring)."""
+        return (self.sparse_kernels and not self.keep_grad and x.device.type == "cpu" and x.dim() >= 2
+                and x.dtype in (torch.float32, torch.float64) and self.layer.active() == [self])
+
     def trainable(self) -> Tensor:
         """Bool mask of connections that may change now (the training task's own connections)."""
         if self.freeze_per_task and self.train_task is not None:
@@ -131,6 +161,13 @@ class SparseLayer(LayerTransform):
         if self.keep_grad and out.requires_grad and torch.is_grad_enabled():
             out.register_hook(self._store_grad)
         return out
+
+    def superposed(self, x: Tensor, w: Tensor, b: Tensor | None, after: Any, after_bias: Any) -> Tensor | None:
+        """The whole product on CSR storage when this transform is alone on a Linear layer on the CPU;
+        None (the masked dense product) otherwise."""
+        if not self.uses_sparse_kernels(x):
+            return None
+        return sparse_linear(x, w, b, self.pattern())
 
     # ------------------------------------------------------------------ counts
     def n_connections(self) -> int:

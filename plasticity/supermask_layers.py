@@ -33,6 +33,7 @@ from einops import einsum, rearrange
 from torch import Tensor, nn
 
 from agentlab.plasticity.bitpack import pack_bits, packed_size, unpack_bits
+from agentlab.plasticity.supermask_oneshot import UniformSuperposition, weighted_mask_sum
 from agentlab.wrapping import LayerTransform
 
 MaskRule = Literal["topk", "threshold"]
@@ -63,10 +64,71 @@ class _StraightThrough(torch.autograd.Function):
         return grad, None
 
 
-def binary_mask(scores: Tensor, rule: MaskRule, density: float) -> Tensor:
-    """M = 1 on the top `density` fraction of |scores| ("topk", SupSup GG) or where scores >= 0 ("threshold", GNu)."""
+class _StraightThroughAbs(torch.autograd.Function):
+    """The top-k rule's straight-through estimator: the mask forward, the gradient through |scores| backward
+    (grad * sign(scores), what autograd gives through abs()), without building |scores| a second time."""
+
+    @staticmethod
+    def forward(ctx: Any, scores: Tensor, mask: Tensor) -> Tensor:
+        ctx.save_for_backward(scores)
+        return mask
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
+        (scores,) = ctx.saved_tensors
+        return grad * scores.sign(), None
+
+
+class TopKCut:
+    """The last cut of one score tensor's top-k rule, reused to find the next one exactly.
+
+    The scores move a little per optimiser step, so the new cut (the n_drop-th smallest |score|)
+    lies near the old one. With a bracket (lo, hi] around the old cut holding it, i.e.
+    #{|s| <= lo} < n_drop <= #{|s| <= hi}, the cut is the (n_drop - #{|s| <= lo})-th smallest of the
+    few values inside the bracket: two counting passes and one small selection instead of a
+    selection over every score (`kthvalue` took ~40% of a SupSup training step). The bracket widens
+    until it holds the cut and then follows the cut's movement, so the result is exactly kthvalue's.
+    """
+
+    def __init__(self) -> None:
+        self.cut: float | None = None
+        self.width = 0.0
+        self.hits = 0  # cuts found inside the bracket (for tests and profiles)
+
+    def find(self, flat: Tensor, n_drop: int) -> Tensor:
+        """The n_drop-th smallest value of `flat` (1-D, >= 0), as a 0-d tensor."""
+        if self.cut is not None:
+            width = max(self.width, 1e-6 * max(abs(self.cut), 1e-12))
+            for _ in range(4):
+                lo, hi = self.cut - width, self.cut + width
+                at_lo = flat <= lo
+                below = int(torch.count_nonzero(at_lo))
+                if below < n_drop:
+                    inside = (flat <= hi) ^ at_lo  # (lo, hi]
+                    n_in = int(torch.count_nonzero(inside))
+                    if below + n_in >= n_drop:
+                        cut = flat[inside].kthvalue(n_drop - below).values
+                        self._update(float(cut))
+                        self.hits += 1
+                        return cut
+                width *= 8
+        cut = flat.kthvalue(n_drop).values
+        self._update(float(cut))
+        return cut
+
+    def _update(self, cut: float) -> None:
+        moved = abs(cut - self.cut) if self.cut is not None else 1e-3 * abs(cut)
+        self.width = 4 * moved  # room for a step four times the last one
+        self.cut = cut
+
+
+def binary_mask(scores: Tensor, rule: MaskRule, density: float, cut: TopKCut | None = None) -> Tensor:
+    """M = 1 on the top `density` fraction of |scores| ("topk", SupSup GG) or where scores >= 0 ("threshold", GNu).
+
+    `cut`: the previous step's top-k cut of the same scores, to find this one cheaply (same mask).
+    """
     if rule == "threshold":
-        hard = (scores.detach() >= 0).to(scores.dtype)
+        hard = torch.ge(scores.detach(), 0.0, out=torch.empty_like(scores, requires_grad=False))
         return _StraightThrough.apply(scores, hard)
     with torch.no_grad():
         mag = scores.abs()
@@ -74,9 +136,13 @@ def binary_mask(scores: Tensor, rule: MaskRule, density: float) -> Tensor:
         n_drop = flat.numel() - int(round(density * flat.numel()))
         if n_drop <= 0:
             hard = torch.ones_like(scores)
+        elif cut is not None:
+            # compared with a Python scalar straight into a float tensor: a tenth of a bool mask's conversion
+            hard = torch.gt(mag, float(cut.find(flat, n_drop)), out=torch.empty_like(mag))
         else:
-            cut = flat.kthvalue(n_drop).values
-            hard = (mag > cut).to(scores.dtype)
+            hard = (mag > flat.kthvalue(n_drop).values).to(scores.dtype)
+    if cut is not None:
+        return _StraightThroughAbs.apply(scores, hard)
     # The top-k rule ranks |scores|, so the straight-through gradient goes to |scores| and
     # from there through abs() (as edge-popup and SupSup's GetSubnet(scores.abs())).
     return _StraightThrough.apply(scores.abs(), hard)
@@ -125,6 +191,10 @@ class SupermaskLayer(LayerTransform):
         self._stacks_of: tuple[int, ...] = ()
         self.stack_cache_bytes = stack_cache_bytes
         self.soft_mask: Tensor | None = None  # (B, o, i) per-example masks set by Hopfield recovery
+        self.cached_cut = True  # find each training step's top-k cut from the last one (TopKCut); False = kthvalue
+        self.fast_oneshot = True  # uniform superposition through UniformSuperposition (supermask_oneshot.py)
+        self._mask_sum: tuple[tuple, Tensor] | None = None  # (candidate key, W ⊙ Σ_i M_i)
+        self._cuts: dict[str, TopKCut] = {}
 
     # ---------------------------------------------------------------- per-task state
     def add_task(self, t: int) -> None:
@@ -141,7 +211,9 @@ class SupermaskLayer(LayerTransform):
         mask = binary_mask(self.scores[key].detach(), self.rule, self.density)
         self.register_buffer(f"mask_{t}", pack_bits(mask))
         self._stacks, self._stacks_of = {}, ()
+        self._mask_sum = None
         del self.scores[key]
+        self._cuts.pop(key, None)
         if t not in self.frozen:
             self.frozen.append(t)
 
@@ -152,7 +224,8 @@ class SupermaskLayer(LayerTransform):
         """Task t's binary mask (float 0/1, shaped like the weight); straight-through while it trains."""
         key = str(t)
         if key in self.scores:
-            return binary_mask(self.scores[key], self.rule, self.density)
+            cut = self._cuts.setdefault(key, TopKCut()) if self.cached_cut else None
+            return binary_mask(self.scores[key], self.rule, self.density, cut)
         if t in self._cache:
             self._cache.move_to_end(t)
             return self._cache[t]
@@ -189,6 +262,7 @@ class SupermaskLayer(LayerTransform):
                     self.scores[t] = nn.Parameter(torch.empty_like(value))
         self._cache.clear()
         self._stacks, self._stacks_of = {}, ()
+        self._mask_sum = None
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
 
     # ---------------------------------------------------------------- computing
@@ -213,6 +287,10 @@ class SupermaskLayer(LayerTransform):
             return y + bias if bias is not None else y
         # The stacks are cached only when they are W ⊙ M_i of the base weight with nothing after them.
         plain = w is self.weight and after(w) is w
+        if plain and self.fast_oneshot:
+            y = self._uniform_superposition(x, alpha, w, bias)
+            if y is not None:
+                return y
         y = None
         chunk = 32
         for start in range(0, len(self.ctx.tasks), chunk):
@@ -230,6 +308,23 @@ class SupermaskLayer(LayerTransform):
         if bias is not None:
             y = y + (bias.view(-1, 1, 1) if isinstance(self.base_layer, nn.Conv2d) else bias)
         return y
+
+    def _uniform_superposition(self, x: Tensor, alpha: Tensor, w: Tensor, bias: Tensor | None) -> Tensor | None:
+        """One-shot inference's case, α the same for every example and task, over frozen masks of a Linear layer:
+        one product with W ⊙ Σ_i M_i forward (kept while the candidates stay), each mask unpacked once backward.
+        None where it does not apply (a later binary-search round, a task still training, a Conv2d)."""
+        tasks = tuple(self.ctx.tasks)
+        if not isinstance(self.base_layer, nn.Linear) or x.dim() != 2 or not all(t in self.frozen for t in tasks):
+            return None
+        if not bool((alpha == alpha[0, 0]).all()):
+            return None
+        if len(tasks) * w.numel() * w.element_size() <= self.stack_cache_bytes:
+            return None  # the stacks fit the cache: the superposed path reuses them across batches
+        packed = [getattr(self, f"mask_{t}") for t in tasks]
+        key = (tasks, w.dtype, w.device, w._version)
+        if self._mask_sum is None or self._mask_sum[0] != key:
+            self._mask_sum = (key, weighted_mask_sum(w, packed))
+        return UniformSuperposition.apply(x, alpha, w, bias, self._mask_sum[1], packed, 16)
 
     def _stacked(self, tasks: tuple[int, ...], w: Tensor, *, cache: bool) -> Tensor:
         """W ⊙ M_i for each task of one superposition chunk, (k, o, i[, h, w]).

@@ -48,8 +48,8 @@ class LSTMController(nn.Module):
             self.input.bias[hidden_size : 2 * hidden_size] += 1.0  # forget-gate bias 1
 
     def initial_state(self, batch: int, device: torch.device | str = "cpu") -> ControllerState:
-        z = torch.zeros(batch, self.hidden_size, device=device)
-        return ControllerState(z, z)
+        # two tensors, not one twice: a compiled step guards on aliasing, and later states never alias
+        return ControllerState(*(torch.zeros(batch, self.hidden_size, device=device) for _ in range(2)))
 
     def project(self, x: Tensor) -> Tensor:
         """W_x x + b for every step at once. x (..., i) -> (..., 4h)."""
@@ -76,8 +76,8 @@ class FeedForwardController(nn.Module):
             _uniform_(w, input_size + read_size)
 
     def initial_state(self, batch: int, device: torch.device | str = "cpu") -> ControllerState:
-        z = torch.zeros(batch, self.hidden_size, device=device)
-        return ControllerState(z, z)
+        # two tensors, not one twice: a compiled step guards on aliasing, and later states never alias
+        return ControllerState(*(torch.zeros(batch, self.hidden_size, device=device) for _ in range(2)))
 
     def project(self, x: Tensor) -> Tensor:
         """W_x x + b. x (..., i) -> (..., h)."""

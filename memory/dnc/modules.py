@@ -43,6 +43,8 @@ class DNCConfig:
     """controller network"""
     clip_value: float = 20.0
     """clip controller and output values to +-this (deepmind/dnc); 0 = off"""
+    fused: bool = True
+    """one write head: unroll through the fused time loop (backward written out); false = autograd through every step"""
 
     def __post_init__(self) -> None:
         for k in ("input_size", "output_size"):
@@ -55,7 +57,7 @@ class DNCConfig:
 def make_dnc(cfg: DNCConfig, i: int, o: int) -> DNC:
     return DNC(input_size=i, output_size=o, memory_size=cfg.memory_size, word_size=cfg.word_size,
                num_reads=cfg.num_reads, num_writes=cfg.num_writes, hidden_size=cfg.hidden_size,
-               controller=cfg.controller, clip_value=cfg.clip_value)
+               controller=cfg.controller, clip_value=cfg.clip_value, fused=cfg.fused)
 
 
 @dataclass(frozen=True)
