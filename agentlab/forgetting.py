@@ -326,7 +326,7 @@ def _dropped_result(src: Source, label: str, agent: Any, final_loop: dict[str, A
 # ---------------------------------------------------------------------------- one agent
 
 
-def _final_agent(src: Source, label: str, arm: Path, n_tasks: int) -> tuple[Any, dict[str, Any], dict[str, Any]]:
+def final_agent(src: Source, label: str, arm: Path, n_tasks: int) -> tuple[Any, dict[str, Any], dict[str, Any]]:
     ckpts = _checkpoints(arm)
     if n_tasks - 1 not in ckpts:
         raise UserError(f"agent {label}: {arm / CHECKPOINTS} holds no checkpoint after the last task "
@@ -344,7 +344,7 @@ def forget_agent(src: Source, label: str, new_dir: Path, resolved_new: recipes.R
         raise UserError(f"agent {label} did not complete its run (status {summary.get('status')!r}): resume it first "
                         f"(agentlab run --resume {src.run_dir})")
     T, p, K = len(src.stream), src.position, src.task_id
-    agent, final_state, final_loop = _final_agent(src, label, arm, T)
+    agent, final_state, final_loop = final_agent(src, label, arm, T)
     ckpts = _checkpoints(arm)
     new_arm = new_dir / label
     new_arm.mkdir()
@@ -386,7 +386,7 @@ def forget_agent(src: Source, label: str, new_dir: Path, resolved_new: recipes.R
         result = results[label]
         if not result.completed:
             raise UserError(f"agent {label}: the retraining stopped ({result.status}: {result.message})")
-        new_agent, _, _ = _final_agent(src, label, new_arm, len(new_stream))
+        new_agent, _, _ = final_agent(src, label, new_arm, len(new_stream))
         before = ledger(agent)["total_bytes"]
         report.update(how="retrain", retrained_from=(f"the checkpoint after task position {p - 1}" if start else
                                                      "the untrained agent" + ("" if complete else
@@ -438,7 +438,7 @@ def verify_never_seen(src: Source, resolved_new: recipes.Resolved, n_new: int, n
         if not r.completed:
             rep["never_seen"] = {"error": f"{r.status}: {r.message}"}
             continue
-        twin, _, _ = _final_agent(src, label, seen_dir / label, n_new)
+        twin, _, _ = final_agent(src, label, seen_dir / label, n_new)
         same, diff = same_state(agent, twin)
         cfg = src.resolved.loop
         accs = accuracies(twin, src.tasks, device=cfg.device, batch_size=cfg.eval_batch_size)
