@@ -239,18 +239,17 @@ def drop(agent: Any, task_id: int, shared_reason: str | None) -> dict[str, int]:
 # ---------------------------------------------------------------------------- checkpoints for the new stream
 
 
-def _remap_loop(loop: dict[str, Any], p: int, n_new: int, extra: dict[tuple[int, int], float], b_extra: dict[int, float],
-                ) -> dict[str, Any]:
-    """A checkpoint's loop state for the stream without position `p` (positions after it move up by one)."""
-    idx = loop["R_index"].tolist()
-    val = loop["R_values"].tolist()
+def _remap_loop(loop: dict[str, Any], checked: dict[str, Any], p: int, n_new: int, extra: dict[tuple[int, int], float],
+                b_extra: dict[int, float]) -> dict[str, Any]:
+    """A checkpoint's loop state (`loop` as saved, `checked` as `check_loop_state` read it) for the stream without
+    position `p`: positions after it move up by one; `extra` entries of R and of b are added."""
+    idx, val = checked["entries"]
     keep = [((i if i < p else i - 1), (j if j < p else j - 1), v) for (i, j), v in zip(idx, val) if i != p and j != p]
     keep += [(i, j, v) for (i, j), v in extra.items()]
-    b = loop["b"].double().numpy()
-    b = np.delete(b, p)
+    b = np.delete(checked["b"], p)
     for j, v in b_extra.items():
         b[j] = v
-    out = dict(loop)
+    out = {k: v for k, v in loop.items() if k != "R"}  # (a dense R of an older checkpoint becomes entries)
     out["n_tasks"] = n_new
     out["R_index"] = torch.tensor([[i, j] for i, j, _ in keep], dtype=torch.long).reshape(-1, 2)
     out["R_values"] = torch.tensor([v for _, _, v in keep], dtype=torch.float64)
@@ -268,7 +267,7 @@ def write_prefix(src: Source, label: str, ckpts: dict[int, Path], new_arm: Path,
     for i in range(p):
         if i not in ckpts:
             continue
-        state, _ = _load_state(ckpts[i], T)
+        state, checked = _load_state(ckpts[i], T)
         extra: dict[tuple[int, int], float] = {}
         b_extra: dict[int, float] = {}
         if i == p - 1 and p < n_new and cfg.eval_next:
@@ -278,7 +277,7 @@ def write_prefix(src: Source, label: str, ckpts: dict[int, Path], new_arm: Path,
             extra[(i, p)] = float(evaluate(agent, nxt, batch_size=cfg.eval_batch_size, device=cfg.device).acc)
             b_extra[p] = float(evaluate(init, nxt, batch_size=cfg.eval_batch_size, device=cfg.device).acc)
         state = dict(state)
-        state["loop"] = _remap_loop(state["loop"], p, n_new, extra, b_extra)
+        state["loop"] = _remap_loop(state["loop"], checked, p, n_new, extra, b_extra)
         save_checkpoint(new_arm / CHECKPOINTS, i, state, keep=0)
         atomic_write_text(new_arm / MARKER, json.dumps({"index": i, "next_task": i + 1, "n_tasks": n_new}))
         written += 1
