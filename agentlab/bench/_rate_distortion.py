@@ -15,8 +15,10 @@ the tasks; the state itself is decoded into the same modules, so evaluation is t
     SET            the task's connections as CSR: values at 32 / 16 / 8 / 4 bits, 2-byte column indices, 4-byte
                    row pointers
 
-Quantisation is post-training (nothing is retrained), so a curve says how far each method's stored state can
-shrink as it is; `smallest_at(rows, 0.99)` reads the smallest bytes per task keeping 99% of the full accuracy.
+Every curve starts at "no per-task state" (each task's state removed by `forget_task`, as far as the module can:
+what the shared part alone scores). Quantisation is post-training (nothing is retrained), so a curve says how far
+each method's stored state can shrink as it is; `smallest_at(rows, 0.99)` reads the smallest bytes per task
+keeping 99% of the full accuracy.
 """
 
 from __future__ import annotations
@@ -164,10 +166,32 @@ def set_variants(agent: Any, name: str) -> Iterator[tuple[str, float, Any]]:
         yield f"CSR, {bits}-bit values", total / max(len(tasks), 1), copy_
 
 
+def without_task_state(agent: Any, name: str) -> tuple[Any, float]:
+    """A copy of `agent` with every task's state the module can remove removed (newest task first, so no removal
+    waits on a later task): the bottom of a curve, what the shared part alone scores. Also the bytes per task it
+    still keeps (the tasks it refuses to drop, averaged over all tasks)."""
+    from agentlab.errors import CannotForget
+
+    copy_ = copy.deepcopy(agent)
+    mod = _module(copy_, name)
+    tasks = sorted(mod.state_bytes(), reverse=True)
+    for t in tasks:
+        try:
+            mod.forget_task(t)
+        except CannotForget:
+            pass
+    left = sum(mod.state_bytes().values())
+    return copy_, left / max(len(tasks), 1)
+
+
 def variants(agent: Any) -> Iterator[tuple[str, float, Any]]:
-    """Every storage setting of the agent's first plasticity module that keeps per-task state (none: nothing)."""
+    """Every storage setting of the agent's first plasticity module that keeps per-task state (none: nothing), from
+    no per-task state at all (what the shared part alone scores) to the state as trained."""
     for p in agent.plasticity:
         kind = type(p).__name__
+        if kind in ("SupSup", "LoRA", "NOLA", "PRANC", "FNNSP", "SET"):
+            bare, left = without_task_state(agent, p.name)
+            yield "no per-task state", left, bare
         if kind == "SupSup":
             yield from supsup_variants(agent, p.name)
         elif kind == "LoRA":

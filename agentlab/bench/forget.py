@@ -178,6 +178,9 @@ def _rate_distortion(run_dir: Path, data_root: Path | None, quick: bool, seed: i
             r["share_of_full"] = r["avg_acc"] / full if full else float("nan")
         rows += curve
         metrics[f"task_{label}_full_acc"] = full
+        bare = [r for r in curve if r["setting"] == "no per-task state"]
+        if bare:
+            metrics[f"task_{label}_no_state_acc"] = bare[0]["avg_acc"]
         metrics[f"task_{label}_bytes_at_99pct"] = smallest_at(curve, full)
     # replay: the buffer is the per-task state; smaller buffers need training again (8-bit pixels store MNIST exactly)
     sizes = (50,) if quick else (300, 100)
@@ -187,7 +190,10 @@ def _rate_distortion(run_dir: Path, data_root: Path | None, quick: bool, seed: i
     exact8 = x.dtype == torch.uint8 or len(torch.unique(x)) <= 256  # MNIST's pixels are bytes: stored exactly
     per_example = (x[0].numel() if exact8 else 4 * x[0].numel()) + 2  # pixels, label and task id bytes
     buffer = split_agents("task", quick)["replay"]["learner"]["buffer_size"]
-    curve = [{"part": "rate", "method": "replay", "setting": f"{buffer} examples, {'8' if exact8 else '32'}-bit pixels",
+    finetune = read_summary(run_dir / "finetune")["accuracy_matrix"][-1]
+    curve = [{"part": "rate", "method": "replay", "setting": "no buffer (fine-tuning)", "bytes_per_task": 0.0,
+              "avg_acc": float(np.mean([v for v in finetune if v is not None]))},
+             {"part": "rate", "method": "replay", "setting": f"{buffer} examples, {'8' if exact8 else '32'}-bit pixels",
               "bytes_per_task": buffer * per_example / T, "avg_acc": full}]
     for n in sizes:
         small = _train(split_table("task", quick, split_agents("task", quick, replay_size=n), seed), f"replay{n}", root, data_root)
