@@ -166,7 +166,7 @@ def remove_stale_temporaries(directory: Path) -> list[Path]:
 
 
 def save_checkpoint(directory: Path, index: int, state: dict[str, Any], *, keep: int = 2) -> Path:
-    """Write checkpoint number `index` under `directory` atomically; keep the newest `keep` up to `index`."""
+    """Write checkpoint number `index` under `directory` atomically; keep the newest `keep` up to `index` (0 = all)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(directory)
@@ -193,7 +193,8 @@ def save_checkpoint(directory: Path, index: int, state: dict[str, Any], *, keep:
         raise
     older = [p for p in list_checkpoints(directory) if checkpoint_index(p) < index]
     newer = [p for p in list_checkpoints(directory) if checkpoint_index(p) > index]
-    for old in older[: max(0, len(older) - (keep - 1))] + newer:
+    drop = [] if keep == 0 else older[: max(0, len(older) - (keep - 1))]
+    for old in drop + newer:
         shutil.rmtree(old, ignore_errors=True)
     return final
 

@@ -16,3 +16,7 @@ def os_error_text(e: OSError) -> str:
     if e.filename2 is not None:
         path = f"{path} -> {e.filename2}"
     return f"{path}: {e.strerror or e}"
+
+
+class CannotForget(UserError):
+    """A module or learner cannot remove one task's contribution exactly; the message names it and the reason."""

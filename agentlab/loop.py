@@ -34,6 +34,7 @@ from agentlab.errors import os_error_text
 from agentlab.evaluate import evaluate
 from agentlab.ledger import ledger, ledger_scalars, modules_held
 from agentlab.runstate import Checkpointer, Interrupt
+from agentlab.seeding import seed_task
 from agentlab.runstate import resume as resume_from
 from agentlab.summary import write_summary
 
@@ -53,16 +54,21 @@ class LoopConfig:
     checkpoint: bool = True
     """write a checkpoint after every task"""
     keep_checkpoints: int = 2
-    """how many checkpoints to keep (older good ones survive a corrupt newest)"""
+    """how many checkpoints to keep (older good ones survive a corrupt newest); 0 = every task's (`agentlab forget`
+    retrains a shared-weight agent from the checkpoint taken before the forgotten task)"""
     device: str = "cpu"
     """torch device"""
     stop_after_tasks: int = 0
     """stop (as if killed) after this many tasks of this invocation; 0 = run to the end (tests use it)"""
+    seed_per_task: bool = False
+    """reseed every random generator at each task's start from (seed, task id): what a task learns then does not
+    depend on how many random numbers earlier tasks drew, so a task removed from a stream leaves the others' draws
+    as they were (`agentlab forget` compares an agent that forgot a task with one that never saw it)"""
 
     def __post_init__(self) -> None:
         check(self.eval_batch_size >= 1, "eval_batch_size", self.eval_batch_size, "an integer >= 1")
         check(self.log_every >= 1, "log_every", self.log_every, "an integer >= 1")
-        check(self.keep_checkpoints >= 1, "keep_checkpoints", self.keep_checkpoints, "an integer >= 1")
+        check(self.keep_checkpoints >= 0, "keep_checkpoints", self.keep_checkpoints, "an integer >= 0 (0 = every task's)")
         check(self.stop_after_tasks >= 0, "stop_after_tasks", self.stop_after_tasks, "an integer >= 0")
 
 
@@ -130,6 +136,7 @@ def run(
     device = cfg.device
     agent.to(device)
     init_agent = copy.deepcopy(agent)  # the untrained agent, for the FWT baseline b[j]
+    base_seed = generator.initial_seed()  # the run's seed (seed_per_task derives each task's from it)
     entries = None
 
     if resume:
@@ -166,6 +173,8 @@ def run(
                     log_scalar=log_scalar, should_stop=lambda: stop() or interrupt.requested,
                     progress=lambda info, i=i: _advance(bar, i, T, info),
                 )
+                if cfg.seed_per_task:
+                    seed_task(base_seed, task.id, generator)
                 bar.phase(f"task {i + 1}/{T}: training")
                 t0 = time.perf_counter()
                 agent.start_task(task)

@@ -28,6 +28,8 @@ from typing import TYPE_CHECKING, Any, Iterable, Iterator, NamedTuple, Protocol,
 import torch
 from torch import Tensor, nn
 
+from agentlab.errors import CannotForget
+
 if TYPE_CHECKING:
     from agentlab.data import Batch
     from agentlab.task import Task
@@ -127,6 +129,14 @@ class PlasticityModule(nn.Module):
         """Backbone tensors this module wraps without registering them, already counted in its own bytes."""
         return []
 
+    def forget_task(self, task_id: int) -> int:
+        """Remove everything this module keeps of task `task_id`, exactly: afterwards no state derived from that
+        task's data remains and every other task computes as before. Returns the bytes freed (0 when it keeps
+        nothing of the task). A module that cannot do so raises `CannotForget` naming the reason
+        (`agentlab forget` then retrains from the checkpoint before the task instead)."""
+        raise CannotForget(f"plasticity module {self.name!r} ({type(self).__name__}) keeps no per-task record of its state, "
+                           "so it cannot remove one task's contribution")
+
     def layer_transforms(self) -> list[nn.Module]:
         """What this module put into the backbone (its `LayerTransform`s, per-task norms): `disabled()` turns them off."""
         return []
@@ -202,6 +212,12 @@ class MemoryModule(nn.Module):
         """Bytes of stored content (not parameters) this module holds now."""
         return 0
 
+    def forget_task(self, task_id: int) -> int:
+        """Remove every stored entry of task `task_id`; the bytes freed (0 when none is stored). A memory whose
+        entries carry no task id, or whose content every task trains, raises `CannotForget` naming the reason."""
+        raise CannotForget(f"memory {self.name!r} ({type(self).__name__}) keeps no per-task record of what it holds, "
+                           "so it cannot remove one task's contribution")
+
     def scalars(self) -> dict[str, float]:
         """Figures for TensorBoard under `memory/<name>/<figure>` (usage, occupancy, hit rate...)."""
         return {}
@@ -240,3 +256,4 @@ class Learner(Protocol):
     def state_dict(self) -> dict[str, Any]: ...
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
     def state_bytes(self) -> int: ...
+    def forget_task(self, task_id: int) -> int: ...

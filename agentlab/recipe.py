@@ -33,6 +33,8 @@ from agentlab.config import ConfigError, build_config, parse_value, set_path, su
 from agentlab.loop import LoopConfig
 from agentlab.plugins import load_plugins
 from agentlab.rundir import check_name
+from agentlab.scenarios.exclude import KEY as EXCLUDE_KEY
+from agentlab.scenarios.exclude import check_excluded, exclude_tasks
 
 SEED_MAX = 2**63 - 1
 # keys `--resume --set` may change: they act on the tasks still to train, not on what was trained already
@@ -219,6 +221,7 @@ def check_components(resolved: Resolved) -> None:
     load_plugins()
     registry.get("stream", resolved.table["stream"]["name"], where="stream")
     st = dict(resolved.table["stream"])
+    check_excluded(st.pop(EXCLUDE_KEY, []))
     build_config(registry.get("stream", st.pop("name")).config_cls, st, where="stream")
     for label, spec in resolved.agents.items():
         for kind in ("backbone", "learner"):
@@ -241,8 +244,10 @@ def check_components(resolved: Resolved) -> None:
 
 def build_stream(resolved: Resolved, env: registry.BuildEnv) -> Any:
     load_plugins()
-    table = resolved.table["stream"]
-    return _guard("stream", table, lambda: registry.build("stream", table, env, where="stream"))
+    table = dict(resolved.table["stream"])
+    excluded = table.pop(EXCLUDE_KEY, [])  # any stream: `agentlab.scenarios.exclude`
+    stream = _guard("stream", table, lambda: registry.build("stream", table, env, where="stream"))
+    return exclude_tasks(stream, excluded)
 
 
 def _guard(where: str, table: dict[str, Any], make: Callable[[], Any]) -> Any:

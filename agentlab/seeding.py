@@ -26,6 +26,16 @@ def seed_everything(seed: int, *, deterministic: bool = False) -> torch.Generato
     return torch.Generator().manual_seed(seed)
 
 
+def seed_task(seed: int, task_id: int, generator: torch.Generator) -> None:
+    """Reseed Python, NumPy, PyTorch and the data-order `generator` from (seed, task id), so a task's random draws
+    do not depend on the tasks before it (`LoopConfig.seed_per_task`)."""
+    s = int(np.random.SeedSequence([seed % 2**63, task_id, 0x7A5C]).generate_state(2, np.uint64)[0] >> 1)
+    random.seed(s)
+    np.random.seed(s % 2**32)
+    torch.manual_seed(s)
+    generator.manual_seed(s)
+
+
 def rng_state(generator: torch.Generator) -> dict:
     """Every random state a resumed run needs to continue exactly as an uninterrupted one."""
     np_state = np.random.get_state()

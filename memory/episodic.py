@@ -31,6 +31,7 @@ from torch import Tensor
 
 from agentlab.attachment import AttachConfig, AttachedMemory, Fuse
 from agentlab.config import check
+from agentlab.errors import CannotForget
 from agentlab.registry import BuildEnv, register
 
 
@@ -211,6 +212,23 @@ class EpisodicMemory(AttachedMemory):
     def set_extra_state(self, state: dict[str, Any]) -> None:
         self.seen = {int(k): int(v) for k, v in state["seen"].items()}
         self.generator.set_state(state["rng"])
+
+    def forget_task(self, task_id: int) -> int:
+        """Empty the slots holding the task's entries (key, label, task id zeroed) and forget how many examples it
+        showed, so later tasks' quotas count it no more. The other entries stay as they are: those the task's
+        quota once evicted are not brought back. With fusion on, the fusion layers trained with every task:
+        refused."""
+        if self.fuse_kind != "none":
+            raise CannotForget(f"memory {self.name!r}: its fusion layers (fuse={self.fuse_kind!r}) trained with every "
+                               "task, reading this task's entries")
+        mine = self.tasks == task_id
+        n = int(mine.sum())
+        freed = n * (self.keys.shape[1] * self.keys.element_size() + 2 + 2)
+        self.keys[mine] = 0
+        self.labels[mine] = 0
+        self.tasks[mine] = -1
+        self.seen.pop(task_id, None)
+        return freed
 
 
 

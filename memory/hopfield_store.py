@@ -29,6 +29,7 @@ from torch import Tensor
 from agentlab.attachment import AttachConfig, AttachedMemory
 from agentlab.config import check
 from agentlab.protocols import MemoryModule
+from agentlab.errors import CannotForget
 from agentlab.registry import BuildEnv, register
 from agentlab.memory.hopfield_core import hopfield_retrieve
 
@@ -194,6 +195,12 @@ class AttachedHopfieldStore(AttachedMemory):
     def reset(self) -> None:
         if self.store is not None:
             self.store.reset()
+
+    def forget_task(self, task_id: int) -> int:
+        if self.store is None or len(self.store) == 0:
+            return 0
+        raise CannotForget(f"memory {self.name!r}: its stored patterns carry no task id (a FIFO of features), and "
+                           "what it retrieves is fused into every task's features")
 
 
 @register("memory", "hopfield_store", HopfieldStoreConfig)

@@ -34,6 +34,7 @@ from torch import Tensor, nn
 
 from agentlab.attachment import AttachConfig, AttachedMemory, Fuse
 from agentlab.config import check
+from agentlab.errors import CannotForget
 from agentlab.protocols import MemoryModule
 from agentlab.registry import BuildEnv, register
 from agentlab.memory.store import EpisodeStore
@@ -108,6 +109,12 @@ class StoreHolder:
 
     def set_extra_state(self, state: dict[str, Any]) -> None:
         self.store.load_state(state)
+
+    def forget_task(self, task_id: int) -> int:
+        if len(self.store) == 0:
+            return 0
+        raise CannotForget(f"memory {getattr(self, 'name', 'mini_rag')!r}: its entries (key, tokens, label) carry no "
+                           "task id, and its fusion layers trained with every task reading them")
 
 
 class MiniRAG(StoreHolder, MemoryModule):
@@ -223,7 +230,6 @@ class AttachedMiniRAG(StoreHolder, AttachedMemory):
             labels = torch.full((x.shape[0],), -1, dtype=torch.long)  # step features of sequences: no label each
         labels = labels.clamp(max=self.cfg.num_labels - 1)
         self.store.write(self.key(x), torch.full((x.shape[0], 1), -1, dtype=torch.int32), labels.cpu())
-
 
 
 @register("memory", "mini_rag", MiniRAGConfig)

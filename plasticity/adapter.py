@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from agentlab.config import check
+from agentlab.errors import CannotForget
 from agentlab.protocols import PlasticityModule, tensor_bytes
 from agentlab.wrapping import LayerTargets, LayerTransform, freeze_base, select_layers, transforms_of, wrap
 
@@ -105,6 +106,7 @@ class AdapterModule(PlasticityModule):
         self.merged: str | None = None
         self.base_tasks: list[int] = []  # tasks that trained the backbone (no adapter): task inference's candidates too
         self.phase_seen = False  # whether the backbone's phase (population or first task) has begun
+        self.population_tasks: list[int] = []  # population tasks that trained the backbone (forget_task refuses them)
         self._cache: dict[tuple[str, int], tuple[tuple[int, ...], Tensor]] = {}
         object.__setattr__(self, "_backbone", None)
 
@@ -167,6 +169,8 @@ class AdapterModule(PlasticityModule):
             self.phase_seen = True
             if not is_population_task(task) and task.id not in self.base_tasks:
                 self.base_tasks.append(task.id)
+            if is_population_task(task) and task.id not in self.population_tasks:
+                self.population_tasks.append(task.id)
             for p in self.tasks.parameters():
                 p.requires_grad_(False)
             return
@@ -311,11 +315,13 @@ class AdapterModule(PlasticityModule):
         return {"people": float(len(per)), "bytes_per_person": float(sum(per.values()) / len(per)) if per else 0.0}
 
     def get_extra_state(self) -> dict[str, Any]:
-        return {"base_tasks": list(self.base_tasks), "phase_seen": self.phase_seen or bool(len(self.tasks))}
+        return {"base_tasks": list(self.base_tasks), "phase_seen": self.phase_seen or bool(len(self.tasks)),
+                "population_tasks": list(self.population_tasks)}
 
     def set_extra_state(self, state: dict[str, Any]) -> None:
         self.base_tasks = [int(t) for t in state.get("base_tasks", [])]
         self.phase_seen = bool(state.get("phase_seen", False))
+        self.population_tasks = [int(t) for t in state.get("population_tasks", [])]
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):  # type: ignore[override]
         # A freshly attached instance has no tasks yet: create the entries the checkpoint names.
@@ -329,3 +335,17 @@ class AdapterModule(PlasticityModule):
             if pname not in self.tasks[task]:
                 self.tasks[task][pname] = nn.Parameter(torch.empty_like(value), requires_grad=False)
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
+
+    # ------------------------------------------------------------------ exact forgetting
+    def forget_task(self, task_id: int) -> int:
+        """Delete the task's adapter (`forget`): the backbone and every other adapter stay bit for bit. A task that
+        trained the shared backbone (its first task, a population task) is refused: every adapter sits on it."""
+        if task_id in self.base_tasks or task_id in self.population_tasks:
+            raise CannotForget(f"{self.name}: task {task_id} trained the shared backbone that every later adapter was "
+                               "fitted on, so its contribution cannot be removed by deleting an adapter")
+        key = str(task_id)
+        if key not in self.tasks:
+            return 0
+        freed = tensor_bytes(self.tasks[key].values())
+        self.forget(task_id)
+        return freed

@@ -36,6 +36,7 @@ from einops import rearrange, repeat
 from torch import Tensor, nn
 
 from agentlab.config import check
+from agentlab.errors import CannotForget
 from agentlab.protocols import PlasticityModule
 from agentlab.registry import BuildEnv, register
 from agentlab.wrapping import CompositionError, LayerTargets, LayerTransform, freeze_base, select_layers, wrap
@@ -169,6 +170,7 @@ class FNNSP(PlasticityModule):
         self.frac_updated: dict[int, float] = {}
         self._before: list[Tensor] = []
         self._corr: np.ndarray | None = None
+        self.readout_rows: dict[int, list[int]] = {}  # per task: the read-out rows it trained (forget_task erases them)
 
     # ------------------------------------------------------------------ structure
     def attach(self, backbone: nn.Module) -> None:
@@ -266,6 +268,7 @@ class FNNSP(PlasticityModule):
         out = self._layers[-1]
         rows = list(task.classes) if task.classes is not None else list(range(out.base_layer.out_features))
         out.row_protect[rows] = True
+        self.readout_rows[t] = [int(r) for r in rows]
         changed = sum(int((l.base_layer.weight.detach() != b).sum()) for l, b in zip(self._layers, self._before))
         total = sum(l.base_layer.weight.numel() for l in self._layers)
         self.frac_updated[t] = changed / total
@@ -324,6 +327,71 @@ class FNNSP(PlasticityModule):
             out["module_correlation"] = heatmap_image(self._corr, title="module activation correlation",
                                                       xlabel="module", ylabel="module", vmin=-1.0, vmax=1.0)
         return out
+
+    # ------------------------------------------------------------------ checkpoints and exact forgetting
+    def get_extra_state(self) -> dict[str, Any]:
+        return {"readout_rows": {str(t): rows for t, rows in self.readout_rows.items()}}
+
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        self.readout_rows = {int(t): [int(r) for r in rows] for t, rows in state.get("readout_rows", {}).items()}
+
+    @torch.no_grad()
+    def forget_task(self, task_id: int) -> int:
+        """Drop the task's controller masks and return the modules it owned to the pool of free modules, their weights
+        (rows, the next layer's entries reading them, the task's read-out rows) drawn afresh as an untrained layer's
+        (PyTorch's Linear initialisation, from a generator seeded by the task id). No other task reads any of them:
+        refused when a later task switches on a module the task owns or shares its read-out rows."""
+        t = task_id
+        if t not in self.trained:
+            return 0
+        if t not in self.readout_rows:
+            raise CannotForget(f"{self.name}: no record of the read-out rows task {t} trained (a checkpoint without it)")
+        for i, layer in enumerate(self.hidden):
+            owned = layer.owner == t
+            users = [u for u, g in layer.gates.items() if u != t and bool((g.bool() & owned).any())]
+            if users:
+                raise CannotForget(f"{self.name}: tasks {sorted(users)} switch on modules task {t} owns (layer {i}: "
+                                   f"modules {owned.nonzero().squeeze(1).tolist()}), so their outputs depend on them")
+        rows_t = set(self.readout_rows[t])
+        sharing = sorted(u for u, rows in self.readout_rows.items() if u != t and rows_t & set(rows))
+        if sharing:
+            raise CannotForget(f"{self.name}: tasks {sharing} train and read the same output rows as task {t}")
+        freed = self.state_bytes().get(t, 0)
+        g = torch.Generator().manual_seed(0xF0E7 + t)
+        for i, layer in enumerate(self.hidden):
+            units = repeat(layer.owner == t, "m -> (m u)", u=layer.base_layer.out_features // layer.n_modules)
+            _redraw(layer.base_layer, rows=units, cols=None, generator=g)
+            _redraw(self._layers[i + 1].base_layer, rows=None, cols=units, generator=g)
+            layer.row_protect[units] = False
+            layer.owner[layer.owner == t] = FREE
+            layer.gates.pop(t, None)
+            layer._buffers.pop(f"gate_{t}", None)
+        out = self._layers[-1]
+        readout = torch.zeros(out.base_layer.out_features, dtype=torch.bool, device=out.row_protect.device)
+        readout[sorted(rows_t)] = True
+        _redraw(out.base_layer, rows=readout, cols=None, generator=g)
+        out.row_protect[readout] = False
+        for d in (self.readout_rows, self.allowed, self.frac_updated):
+            d.pop(t, None)
+        self.set_task(None)
+        return freed
+
+
+def _redraw(layer: nn.Linear, *, rows: Tensor | None, cols: Tensor | None, generator: torch.Generator) -> None:
+    """Draw the entries of `layer` in the chosen rows (with their biases) or columns afresh, as `nn.Linear` initialises
+    them: U(-1/sqrt(fan_in), 1/sqrt(fan_in)) (kaiming_uniform with a = sqrt(5))."""
+    w, b = layer.weight, layer.bias
+    bound = 1.0 / math.sqrt(w.shape[1])
+    fresh = (torch.rand(w.shape, generator=generator) * 2 - 1).mul_(bound).to(w.device, w.dtype)
+    pick = torch.zeros_like(w, dtype=torch.bool)
+    if rows is not None:
+        pick[rows.to(w.device)] = True
+    if cols is not None:
+        pick[:, cols.to(w.device)] = True
+    w.data[pick] = fresh[pick]
+    if b is not None and rows is not None:
+        fresh_b = (torch.rand(b.shape, generator=generator) * 2 - 1).mul_(bound).to(b.device, b.dtype)
+        b.data[rows.to(b.device)] = fresh_b[rows.to(b.device)]
 
 
 @register("plasticity", "fnnsp", FNNSPConfig)

@@ -26,6 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from agentlab.config import check
+from agentlab.errors import CannotForget
 from agentlab.protocols import PlasticityModule
 from agentlab.registry import BuildEnv, register
 from agentlab.plasticity.rewire import cosine_zeta, prune_nearest_zero, regrow_gradient, regrow_random
@@ -273,6 +274,30 @@ class SET(PlasticityModule):
         self.steps, self.rewirings = int(state["steps"]), int(state["rewirings"])
         for layer in self.layers.values():
             layer.changed()
+
+    # ------------------------------------------------------------------ exact forgetting
+    def forget_task(self, task_id: int) -> int:
+        """Frozen-and-grow: the task's connections go back to the pool of free positions (value 0). Refused when
+        the connections are not the task's alone: one shared sub-network, biases the task trained (the first task
+        trains them), or later tasks that compute through them (task j reads the connections of tasks 0..j)."""
+        if not self.cfg.freeze_per_task:
+            raise CannotForget(f"{self.name}: one sparse sub-network is shared by every task (freeze_per_task = false)")
+        freed = self.state_bytes().get(task_id, 0)
+        if not freed:
+            return 0
+        if task_id == 0 and any(l.base_layer.bias is not None for l in self.layers.values()):
+            raise CannotForget(f"{self.name}: task 0 trained the biases every later task shares")
+        later = sorted({int(t) for l in self.layers.values() for t in torch.unique(l.owner).tolist() if t > task_id})
+        if later:
+            raise CannotForget(f"{self.name}: tasks {later} compute through task {task_id}'s frozen connections "
+                               "(frozen-and-grow: task j reads the connections of tasks 0..j)")
+        with torch.no_grad():
+            for layer in self.layers.values():
+                mine = layer.owner == task_id
+                layer.owner[mine] = FREE
+                layer.weight[mine] = 0.0
+                layer.changed()
+        return freed
 
 
 @register("plasticity", "set", SETConfig)

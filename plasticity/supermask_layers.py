@@ -346,6 +346,16 @@ class SupermaskLayer(LayerTransform):
                 self._stacks[tasks] = stack
         return stack
 
+    def drop_task(self, t: int) -> None:
+        """Delete task t's scores or packed mask (`SupSup.forget_task`)."""
+        if str(t) in self.scores:
+            del self.scores[str(t)]
+        self._buffers.pop(f"mask_{t}", None)
+        if t in self.frozen:
+            self.frozen.remove(t)
+        self._cache.pop(t, None)
+        self._stacks, self._stacks_of = {}, ()
+
 
 # ---------------------------------------------------------------------------- batch norm
 
@@ -406,3 +416,8 @@ class TaskBatchNorm(nn.Module):
         if c.mode == "task" and c.task is not None and self.has_task(c.task):
             return self.per_task[str(c.task)](x)
         return self.base_layer(x)
+
+    def drop_task(self, t: int) -> None:
+        """Delete task t's BatchNorm statistics (`SupSup.forget_task`)."""
+        if str(t) in self.per_task:
+            del self.per_task[str(t)]

@@ -10,7 +10,8 @@
     infer_task(x)   entropy gradient over the superposition coefficients α (one-shot or
                     binary search; per example or per group), or Hopfield recovery
 
-Old tasks cannot be forgotten: their masks are frozen bits and the weights never change.
+Old tasks cannot be forgotten by accident: their masks are frozen bits and the weights never change;
+`forget_task` removes one on purpose.
 """
 
 from __future__ import annotations
@@ -312,6 +313,26 @@ class SupSup(PlasticityModule):
             out["task_inference_confusion"] = heatmap_image(C, title="task inference (row: true task)",
                                                             xlabel="inferred task", ylabel="true task")
         return out
+
+    # ------------------------------------------------------------------ exact forgetting
+    def forget_task(self, task_id: int) -> int:
+        """Drop the task's masks and BatchNorm statistics (the weights are fixed: no other task changes); a Hopfield
+        store is rebuilt from the remaining masks in their order, as a stream without the task would have written it."""
+        freed = self.state_bytes().get(task_id, 0)
+        if not freed and not any(w.has_task(task_id) for w in self._wrappers()):
+            return 0
+        for w in self._wrappers():
+            w.drop_task(task_id)
+        if self.store is not None:
+            self.store.W.zero_()
+            self.store.count.zero_()
+            for t in self.tasks:
+                self.store.write(self._layers[self._hop_name].mask(t).reshape(-1))
+            self._recall = self._measure_recall() if self.tasks else None
+        if self.ctx.task == task_id:
+            self.set_task(None)
+        self._confusion = {}
+        return freed
 
 
 @register("plasticity", "supsup", SupSupConfig)

@@ -13,4 +13,5 @@ COMMANDS = {
     "results": "agentlab.commands.results",
     "sweep": "agentlab.commands.sweep",
     "size": "agentlab.commands.size",
+    "forget": "agentlab.commands.forget",
 }

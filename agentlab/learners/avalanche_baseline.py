@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from agentlab.config import check
+from agentlab.errors import CannotForget
 from agentlab.learners.finetune import require_classification
 from agentlab.learners.sgd import SGDConfig
 from agentlab.registry import BuildEnv, register
@@ -173,6 +174,9 @@ class AvalancheBaseline:
     """Our learner protocol (`fit(agent, task, ctx)`) around an `AgentStrategy` with a method plugin."""
 
     name = "avalanche"
+    # The strategy's plugin state is not in our checkpoints (see the module docstring): a retraining that must
+    # reproduce a run exactly (`agentlab forget`) starts from the untrained agent, never from a later checkpoint.
+    checkpoint_complete = False
 
     def __init__(self, cfg: AvalancheConfig, evaluator: Any = None) -> None:
         self.cfg = cfg
@@ -211,6 +215,13 @@ class AvalancheBaseline:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         pass
+
+    def forget_task(self, task_id: int) -> int:
+        """Refused once the strategy has trained: its penalties, distillation targets or buffers carry every task."""
+        if self.strategy is None:
+            return 0
+        raise CannotForget(f"learner 'avalanche' (strategy {self.cfg.strategy!r}) keeps task {task_id}'s regularisation "
+                           "terms, distillation targets or examples in one strategy state that acted on every later task")
 
     def state_bytes(self) -> int:
         """Bytes of the examples that replay-style plugins hold (0 for the regularisers)."""

@@ -13,7 +13,7 @@ from agentlab.optim import Schedule, cosine_factor, set_lr
 class StatelessLearner:
     """A learner that keeps nothing between tasks: empty checkpoint state, nothing in the memory ledger.
 
-    Learners with state across tasks (replay buffers) override all three methods.
+    Learners with state across tasks (replay buffers) override all four methods.
     """
 
     def state_dict(self) -> dict[str, Any]:
@@ -23,6 +23,10 @@ class StatelessLearner:
         pass
 
     def state_bytes(self) -> int:
+        return 0
+
+    def forget_task(self, task_id: int) -> int:
+        """Nothing of any task is kept here: nothing to free."""
         return 0
 
 

@@ -6,6 +6,7 @@ from typing import Any, Callable, Iterator
 
 from agentlab.data import Batch, Split
 from agentlab.driver import StepDriver, StepOutput
+from agentlab.errors import CannotForget
 from agentlab.learners.base import StatelessLearner
 from agentlab.learners.sgd import SGDConfig, supervised_loss
 from agentlab.optim import KeptOptimizer, make_optimizer, make_schedule
@@ -79,6 +80,13 @@ class FineTune(StatelessLearner):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.optimizers.load_state_dict(state.get("optimizer", {}))
         self.schedules = dict(state.get("schedules", {}))
+
+    def forget_task(self, task_id: int) -> int:
+        """Nothing per task, unless one optimizer is kept across tasks: its moments mix every task's gradients."""
+        if self.cfg.keep_optimizer:
+            raise CannotForget(f"learner {self.name!r} keeps one optimizer across tasks (keep_optimizer = true): its "
+                               f"moments mix task {task_id}'s gradients into every later task's steps")
+        return 0
 
 
 @register("learner", "finetune", SGDConfig)

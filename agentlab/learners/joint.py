@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from agentlab.data import concat_splits
+from agentlab.errors import CannotForget
 from agentlab.learners.finetune import FineTune, require_classification, train_split
 from agentlab.learners.sgd import SGDConfig
 from agentlab.registry import BuildEnv, register
@@ -23,12 +24,32 @@ class JointConfig(SGDConfig):
 class Joint(FineTune):
     name = "joint"
 
+    def __init__(self, cfg: SGDConfig) -> None:
+        super().__init__(cfg)
+        self.trained: list[int] = []  # task ids in training order (forget_task needs them)
+
     def fit(self, agent: Any, task: Any, ctx: Any) -> None:
         require_classification(task, self.name)
+        self.trained = [t for t in self.trained if t != task.id] + [task.id]
         seen = ctx.seen_tasks()
         union = concat_splits([t.train for t in seen], [t.id for t in seen])
         classes = {t.id: t.classes for t in seen}
         train_split(agent, task, union, self.cfg, ctx, classes_by_task=classes, optimizers=self.optimizers)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "trained": list(self.trained)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.trained = [int(t) for t in state.get("trained", [])]
+
+    def forget_task(self, task_id: int) -> int:
+        """Nothing is kept; refused when a later task trained on the task's data (joint training revisits it)."""
+        later = self.trained[self.trained.index(task_id) + 1:] if task_id in self.trained else []
+        if later:
+            raise CannotForget(f"learner 'joint' trained tasks {later} on the data of every task before them, "
+                               f"task {task_id}'s included")
+        return super().forget_task(task_id)
 
 
 @register("learner", "joint", JointConfig)

@@ -22,6 +22,7 @@ from torch import Tensor
 from agentlab.config import check
 from agentlab.data import Batch
 from agentlab.driver import StepOutput
+from agentlab.errors import CannotForget
 from agentlab.learners.finetune import require_classification, train_split
 from agentlab.learners.sgd import SGDConfig, supervised_loss
 from agentlab.optim import KeptOptimizer
@@ -179,6 +180,17 @@ class Replay:
 
     def state_bytes(self) -> int:
         return self.buffer.nbytes()
+
+    def forget_task(self, task_id: int) -> int:
+        """0 when the buffer never saw the task; otherwise refused: removing its entries would not give the buffer of
+        a stream without it (they took the places of other examples) nor undo their replay in later tasks."""
+        held = int((self.buffer.t[: self.buffer.size] == task_id).sum())
+        if held or task_id in self.classes_by_task:
+            raise CannotForget(
+                f"learner 'replay' admitted task {task_id}'s examples to its buffer ({held} held now) in place of other "
+                "tasks' examples and replayed them while later tasks trained: dropping them does not give the buffer "
+                "or the weights of a stream without the task")
+        return 0
 
 
 @register("learner", "replay", ReplayConfig)

@@ -24,6 +24,7 @@ import torch
 from torch import Tensor
 
 from agentlab.config import check
+from agentlab.errors import CannotForget
 from agentlab.data import Batch
 from agentlab.driver import StepOutput
 from agentlab.learners.finetune import require_classification, train_split
@@ -92,6 +93,7 @@ class TokenReplay:
         self.tokenizer_fitted = cfg.codec == "raw8"
         self.buffer: ReplayBuffer | None = None
         self.tokenizer_stats: dict[str, float] = {}
+        self.tokenizer_task: int | None = None  # the task whose images fitted the VQ tokenizer
 
     @property
     def bytes_per_example(self) -> int:
@@ -109,6 +111,7 @@ class TokenReplay:
         self.tokenizer_stats = self.vqvae.fit(x, epochs=epochs, batch_size=64, generator=g, max_steps=self.cfg.tokenizer_steps)
         self.vqvae.requires_grad_(False)
         self.tokenizer_fitted = True
+        self.tokenizer_task = int(task.id)
 
     def fit(self, agent: Any, task: Any, ctx: Any) -> None:
         require_classification(task, self.name)
@@ -140,13 +143,14 @@ class TokenReplay:
     def state_dict(self) -> dict[str, Any]:
         return {"buffer": self.buffer.state_dict() if self.buffer is not None else {},
                 "vqvae": self.vqvae.state_dict() if self.vqvae is not None else {},
-                "tokenizer_fitted": self.tokenizer_fitted}
+                "tokenizer_fitted": self.tokenizer_fitted, "tokenizer_task": self.tokenizer_task}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if self.vqvae is not None and state["vqvae"]:
             self.vqvae.load_state_dict(state["vqvae"])
             self.vqvae.requires_grad_(False)
         self.tokenizer_fitted = bool(state["tokenizer_fitted"])
+        self.tokenizer_task = state.get("tokenizer_task")
         if state["buffer"]:
             self.buffer = ReplayBuffer(self.capacity, self.cfg.policy)
             self.buffer.load_state_dict(state["buffer"])
@@ -154,6 +158,17 @@ class TokenReplay:
     def state_bytes(self) -> int:
         """Bytes the buffer holds as counted against the budget (payload + label byte per example)."""
         return len(self.buffer) * self.bytes_per_example if self.buffer is not None else 0
+
+    def forget_task(self, task_id: int) -> int:
+        """Refused once the task trained: its images fitted the tokenizer (the first task's) or entered the buffer."""
+        if self.tokenizer_task == task_id:
+            raise CannotForget(f"learner 'token_replay': its VQ tokenizer was fitted on task {task_id}'s images and "
+                               "encodes every example it stores")
+        held = int((self.buffer.t[: self.buffer.size] == task_id).sum()) if self.buffer is not None else 0
+        if held:
+            raise CannotForget(f"learner 'token_replay' holds {held} of task {task_id}'s examples in place of others "
+                               "and replayed them while later tasks trained")
+        return 0
 
 
 @register("learner", "token_replay", TokenReplayConfig)

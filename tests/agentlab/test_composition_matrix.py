@@ -315,3 +315,51 @@ def test_two_plasticity_modules_on_the_same_layers(first, second, tmp_path):
 def test_a_refused_pair_names_both_modules_and_the_layer():
     with pytest.raises(UserError, match=r"'set' and 'supsup' cannot stack on layer 'layers.0'"):
         _agent("mlp", ["set", "supsup"])
+
+
+# ---------------------------------------------------------------------------- forgetting a task on purpose
+
+
+@pytest.mark.parametrize("bb", sorted(BACKBONES))
+@pytest.mark.parametrize("mod", sorted(PLASTICITY))
+def test_forgetting_a_task_is_exact_or_refused(mod, bb):
+    """`forget_task(1)` after tasks 0, 1, 2: the module frees the task's bytes, every other task computes bit for bit
+    as before and nothing of the task is left (a second call frees nothing), or it refuses naming itself."""
+    from agentlab.errors import CannotForget
+
+    agent = _build_or_refused(lambda: _agent(bb, [mod]), [mod])
+    if agent is None:
+        return
+    for t in range(3):
+        _train(agent, bb, t)
+    x = _x(bb)
+    before = {t: _out(agent, x, t) for t in (0, 2)}
+    module = agent.plasticity[0]
+    held = module.state_bytes().get(1, 0)
+    try:
+        freed = module.forget_task(1)
+    except CannotForget as e:
+        assert mod in str(e), str(e)
+        return
+    assert freed == held and 1 not in module.state_bytes()
+    for t, out in before.items():
+        assert _same(_out(agent, x, t), out), f"{mod} on {bb}: task {t} changed when task 1 was forgotten"
+    assert module.forget_task(1) == 0
+
+
+@pytest.mark.parametrize("mem", sorted(MEMORY))
+def test_forgetting_a_memory_entries_is_exact_or_refused(mem):
+    from agentlab.errors import CannotForget
+
+    agent = _build_or_refused(lambda: _agent("mlp", memory=[mem]), [mem])
+    if agent is None:
+        return
+    for t in range(2):
+        _train(agent, "mlp", t)
+    m = agent.extra_memory[0]
+    try:
+        m.forget_task(0)
+    except CannotForget as e:
+        assert mem in str(e), str(e)
+        return
+    assert m.forget_task(0) == 0
