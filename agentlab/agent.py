@@ -86,6 +86,7 @@ class Agent(nn.Module):
         self._memories = [m for m in self.backbone.modules() if isinstance(m, MemoryModule)] + list(self.extra_memory)
         self.current_task: int | None = None
         self.current_task_view: int | None = None  # the task every module is set to now
+        self._answering: int | None = None  # the task an evaluator asks episode predictions for (predicting_for)
         self.task_classes: dict[int, tuple[int, ...] | None] = {}  # the classes each task trained, for inferred tasks
 
     # ------------------------------------------------------------------ structure
@@ -156,6 +157,23 @@ class Agent(nn.Module):
             yield
         finally:
             self.set_task(before)
+
+    @property
+    def prediction_task(self) -> int | None:
+        """The task whose modules a learner's own predictions use (episode learners: `predict_episode`): the task an
+        evaluator named with `predicting_for`, else the task the agent trained last."""
+        return self._answering if self._answering is not None else self.current_task
+
+    @contextmanager
+    def predicting_for(self, task_id: int | None) -> Iterator[None]:
+        """Predictions inside answer for `task_id` (an old task's episodes use that task's modules, not the last
+        task's); None = the task trained last."""
+        before = self._answering
+        self._answering = task_id
+        try:
+            yield
+        finally:
+            self._answering = before
 
     def forward(self, x: Tensor, task_id: int | None = None) -> Tensor:
         """Backbone output with every plasticity module set to `task_id` (None: no task state)."""

@@ -125,6 +125,10 @@ def _collect(agent: Any, episodes: Iterable[Episode | SequentialEpisode], device
 
 @register_evaluator("episode")
 def evaluate_episode_task(agent: Any, task: Any, *, batch_size: int = 1000, device: str = "cpu") -> EvalResult:
-    """Mean accuracy over the task's test episodes; extra: `ci95` and `acc_sighting_NN` (sequential protocol)."""
-    report = evaluate_episodes(agent, task.eval, device=device)
+    """Mean accuracy over the task's test episodes; extra: `ci95` and `acc_sighting_NN` (sequential protocol). With
+    the task label given at test, predictions use the task's own modules (per-task plasticity); without it, the
+    modules of the task trained last."""
+    answering = task.id if task.task_label_at_test else None
+    with agent.predicting_for(answering):
+        report = evaluate_episodes(agent, task.eval, device=device)
     return EvalResult(report.mean, len(report.accs), report.figures())

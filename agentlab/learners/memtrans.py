@@ -200,8 +200,8 @@ class MemTransLearner:
         self.train_s = time.perf_counter() - start
 
     def predict_episode(self, agent: Any, episode: Any, device: str = "cpu") -> Tensor:
-        """Logits of one episode, every module set to the task the agent trained last (as in training)."""
-        with agent.task_context(agent.current_task):
+        """Logits of one episode, every module set to `agent.prediction_task` (the evaluated task, else the last trained)."""
+        with agent.task_context(agent.prediction_task):
             return self.logits(agent.backbone, [episode], device)[0]
 
     @torch.no_grad()
@@ -221,7 +221,7 @@ class MemTransLearner:
             for lo in range(0, len(episodes), batch):
                 eps = [episodes[i] for i in range(lo, min(lo + batch, len(episodes)))]
                 reset_memories(agent)
-                with agent.task_context(agent.current_task):
+                with agent.task_context(agent.prediction_task):
                     logits = self.logits(agent.backbone, eps, device)
                 correct = (logits.argmax(-1).cpu() == targets(eps)).float()
                 report.accs += correct.mean(1).tolist()

@@ -105,8 +105,8 @@ class ProtoNet(StatelessLearner):
 
     @staticmethod
     def embed(agent: Any, x: Tensor, task_id: int | None = None) -> Tensor:
-        """(B, D) embeddings with every module set to `task_id` (prediction: the task the agent trained last)."""
-        return agent(x, task_id if task_id is not None else agent.current_task).flatten(1)
+        """(B, D) embeddings with every module set to `task_id` (prediction: `agent.prediction_task`)."""
+        return agent(x, task_id if task_id is not None else agent.prediction_task).flatten(1)
 
     def episode_loss(self, agent: Any, ep: Any, device: str, task_id: int | None = None) -> StepOutput:
         """The query cross-entropy of one episode (Snell et al. eq. 2), with its accuracy logged; the modules' loss

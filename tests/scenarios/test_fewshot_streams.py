@@ -98,3 +98,32 @@ def test_omniglot_to_mnist_cross_domain(data_root):
     t = s[0]
     assert s.name == "omniglot-to-fashion" and t.train.pool.n_classes == 4800 and t.eval.pool.n_classes == 4
     assert t.eval[0].query_x.shape == (6, 1, 28, 28)
+
+
+class _TaskRecorder:
+    """A toy episode learner that records which task the agent's predictions answer for."""
+
+    name = "recorder"
+
+    def __init__(self) -> None:
+        self.seen: list[int | None] = []
+
+    def predict_episode(self, agent, ep, device="cpu"):
+        self.seen.append(agent.prediction_task)
+        return torch.zeros(ep.query_y.shape[0], ep.ways)
+
+
+def test_an_old_episode_task_is_answered_with_its_own_modules():
+    """After training tasks 0 and 1, task 0's episodes use task 0's modules when the label is given, the last
+    task's when it is not."""
+    learner = _TaskRecorder()
+    agent = Agent(torch.nn.Identity(), learner=learner)
+    agent.current_task = 1  # trained last
+    old = _toy_task("standard")
+    given = Task(id=0, name="toy", kind="episode", train=None, eval=old.eval, task_label_at_test=True)
+    evaluate(agent, given)
+    assert set(learner.seen) == {0}
+    learner.seen.clear()
+    evaluate(agent, old)  # no label at test (the default)
+    assert set(learner.seen) == {1}
+    assert agent.prediction_task == 1  # the evaluator's choice does not outlive it
