@@ -87,6 +87,8 @@ def _main(args: argparse.Namespace) -> int:
             resolved, out_root=Path(args.out), run_dir=run_dir, resume=bool(args.resume), restart=args.restart,
             data_root=root, progress=not args.no_progress, only=args.agent, resume_overrides=resume_overrides,
         )
+    except UserError:
+        raise  # bad input that is also an OSError (a data file missing): exit 2 with its own message
     except OSError as e:  # before any agent started: the run directory or its config.json could not be written
         print(f"agentlab: error: cannot write {os_error_text(e)}", file=sys.stderr)
         return 1

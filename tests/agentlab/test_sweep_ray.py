@@ -143,7 +143,7 @@ def test_killed_sweep_resumes_without_rerunning_finished_points(ray_cluster, rec
     out = tmp_path / "killed"
     proc = subprocess.Popen(_sweep_cmd(path, out, "--executor", "local"), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, env={**os.environ, "AGENTLAB_THREADS": "1"})
-    _wait_for(lambda: all(_state(out)), 120, proc)
+    _wait_for(lambda: all(_state(out)), 400, proc)
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
     done, started = _state(out)
@@ -174,7 +174,7 @@ def test_ctrl_c_stops_a_ray_sweep_and_cleans_up(ray_cluster, recipe, tmp_path, c
     before = set(Path("/tmp").glob("agentlab-ray-*"))
     proc = subprocess.Popen(_sweep_cmd(path, out, "--ray-cpus", "2", seeds="0-1"), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, env={**os.environ, "AGENTLAB_THREADS": "1"})
-    _wait_for(lambda: _state(out)[0], 180, proc)
+    _wait_for(lambda: _state(out)[0], 400, proc)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     done, _ = _state(out)
