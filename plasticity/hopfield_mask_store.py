@@ -105,15 +105,22 @@ class HopfieldMaskStore(nn.Module):
 
     def recover(self, task_objective: Callable[[Tensor], Tensor], s0: Tensor, *, steps: int = 30,
                 lr: float = 0.5, gamma: float = 1.0, momentum: float = 0.0, straight_through: bool = False,
-                sweeps: int = 20) -> Tensor:
+                sweeps: int = 20, optimizer: str = "sgd") -> Tensor:
         """Gradient steps on free scores s (B, d) from s0; objective (1 - λ) task + λ γ (-½ vᵀWv), λ: 0 -> 1.
 
         `task_objective(v)` maps v in [-1, 1]^(B, d) to per-example losses (B,): v = tanh(s), or with
         `straight_through` the ±1 sign of s whose gradient passes to s unchanged (the reference code's
-        hard masks). Returns the fixed point that sign(s) recalls, ±1 (B, d).
+        hard masks). `optimizer`: "sgd" (with `momentum`, the reference code's) or "adam", whose steps do not
+        depend on the gradient's scale (an output entropy near its maximum has tiny gradients that SGD at a
+        fixed rate never turns into a sign flip). Returns the fixed point that sign(s) recalls, ±1 (B, d).
         """
         s = s0.detach().clone().requires_grad_(True)
-        opt = torch.optim.SGD([s], lr=lr, momentum=momentum)
+        if optimizer == "adam":
+            opt: torch.optim.Optimizer = torch.optim.Adam([s], lr=lr)
+        elif optimizer == "sgd":
+            opt = torch.optim.SGD([s], lr=lr, momentum=momentum)
+        else:
+            raise ValueError(f"optimizer {optimizer!r}: 'sgd' or 'adam'")
         for step in range(steps):
             lam = step / max(steps - 1, 1)
             with torch.enable_grad():

@@ -73,10 +73,14 @@ class HopSupSupConfig(LayerTargets):
     """examples per forward of task inference (bounds memory)"""
     recover_steps: int = 30
     """gradient steps of recovery (infer = "recover")"""
-    recover_lr: float = 10.0
-    """SGD step of recovery (momentum 0.9, as the reference code)"""
-    recover_gamma: float = 1.5e-3
-    """weight of the Hopfield energy -½ vᵀWv at the end of the annealing (the reference code's gamma)"""
+    recover_optimizer: Literal["adam", "sgd"] = "adam"
+    """recovery's steps: Adam (steps independent of the entropy gradient's scale) or SGD with momentum 0.9 (the
+    reference code's; with near-uniform outputs its steps never flip a gate)"""
+    recover_lr: float = 0.05
+    """step size of recovery (the reference code's SGD used 10)"""
+    recover_gamma: float = 1e-6
+    """weight of the Hopfield energy -½ vᵀWv at the end of the annealing; the energy's gradient is ~d times the
+    entropy's, so larger weights pull every example to the same mixture state (the reference code's 1.5e-3 does)"""
     keep_exact: bool = False
     """also keep every task's gates bit-packed beside the store, only to measure recall (bit error, exact
     recalls); the ledger counts them per task and forward passes still use the recalled gates"""
@@ -310,7 +314,7 @@ class HopSupSup(PlasticityModule):
             return torch.zeros(n_groups, device=x.device).index_add(0, group, h) / torch.bincount(group, minlength=n_groups)
 
         got = self.store.recover(objective, s0, steps=self.cfg.recover_steps, lr=self.cfg.recover_lr,
-                                 gamma=self.cfg.recover_gamma, momentum=0.9,
+                                 gamma=self.cfg.recover_gamma, momentum=0.9, optimizer=self.cfg.recover_optimizer,
                                  straight_through=True, sweeps=self.cfg.sweeps)  # (groups, d)
         keys = torch.stack([self.key(t) for t in tasks]).to(got.device)  # (k, key_bits)
         return (got[:, : self.key_bits] @ keys.T).argmax(1)[group]

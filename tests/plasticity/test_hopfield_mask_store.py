@@ -62,3 +62,26 @@ def test_gradient_recovery_follows_the_task_objective_into_an_attractor():
 
     got = store.recover(objective, torch.zeros(1, d), steps=40)
     assert torch.equal(got[0], target)
+
+
+def test_adam_recovery_does_not_depend_on_the_gradient_scale():
+    """An objective near its maximum (an output entropy close to ln C) has tiny gradients: SGD's fixed steps never
+    flip a sign of the scores started at the patterns' mean, Adam's steps do, so only Adam reaches the target."""
+    d = 200
+    store = HopfieldMaskStore(d)
+    P = 2 * patterns(6, d) - 1
+    for p in P:
+        store.write(p)
+    target = P[2]
+    s0 = P.mean(0, keepdim=True)  # where HopSupSup starts: the superposition of the stored patterns
+
+    def objective(v: torch.Tensor) -> torch.Tensor:
+        return -(v * target).sum(-1) * 1e-7
+
+    kw = dict(steps=30, gamma=0.0, straight_through=True)
+    sgd = store.recover(objective, s0, lr=10.0, momentum=0.9, optimizer="sgd", **kw)
+    adam = store.recover(objective, s0, lr=0.05, optimizer="adam", **kw)
+    assert torch.equal(adam[0], target)
+    assert not torch.equal(sgd[0], target)
+    with pytest.raises(ValueError, match="optimizer"):
+        store.recover(objective, s0, optimizer="lbfgs")
