@@ -16,7 +16,7 @@ settings (runs/bench/capacity[-quick]-sweeps/), so only the estimates run again.
 
 Full: widths 2, 3, 4, 6, 8, 11, 16, 23, 32, 45, 64, 91, 128, 181, 256, 512, two seeds (digits: five, as its 540 test
 images give a noisy accuracy), the whole training sets (digits: 70% of the 1,797 images, test 30%). Quick: one seed
-(digits two), widths 2 to 256 in powers of 2, MNIST and Fashion-MNIST on 5,000 training and 2,000 test images, the
+(digits too), widths 2 to 128 in powers of 2, MNIST and Fashion-MNIST on 5,000 training and 2,000 test images, the
 estimate with a 600-step probe.
 Metrics: `<dataset>_suggested`, `_measured`, `_ratio` (suggested / measured), `_baseline`, `_baseline_ratio`,
 `_wide_acc`, the estimate's factors; `nnctd_mean_ratio` and `baseline_mean_ratio` (mean over data sets of
@@ -43,7 +43,7 @@ from agentlab.registry import BuildEnv
 # seeds per data set: digits' 540 test images give a noisy accuracy, and its runs are cheap
 FULL = {"widths": [2, 3, 4, 6, 8, 11, 16, 23, 32, 45, 64, 91, 128, 181, 256, 512], "seeds": {"digits": 5, "mnist": 2, "fashion": 2},
         "train_n": 0, "test_n": 0, "probe_steps": CapacityConfig().probe_steps}
-QUICK = {"widths": [2, 4, 8, 16, 32, 64, 128, 256], "seeds": {"digits": 2, "mnist": 1, "fashion": 1}, "train_n": 5000,
+QUICK = {"widths": [2, 4, 8, 16, 32, 64, 128], "seeds": {"digits": 1, "mnist": 1, "fashion": 1}, "train_n": 5000,
          "test_n": 2000, "probe_steps": 600}
 DATASETS = ("digits", "mnist", "fashion")
 CALIBRATION = "mnist"
