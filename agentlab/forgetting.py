@@ -57,7 +57,7 @@ from agentlab.runstate import CHECKPOINTS, MARKER, check_loop_state
 from agentlab.scenarios.exclude import KEY as EXCLUDE_KEY
 from agentlab.scenarios.exclude import task_ids
 from agentlab.seeding import seed_everything
-from agentlab.summary import jsonable, package_versions, read_summary, write_summary
+from agentlab.summary import jsonable, package_versions, read_summary
 from agentlab.wrapping import WrappedLayer
 
 How = Literal["auto", "drop", "retrain"]

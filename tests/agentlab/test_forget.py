@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from agentlab import recipe as recipes
-from agentlab.errors import CannotForget, UserError
+from agentlab.errors import CannotForget
 from agentlab.forgetting import ForgetRequest, forget, format_report
 from agentlab.runner import run_recipe
 from tests_helpers import cli
