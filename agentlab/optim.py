@@ -122,7 +122,7 @@ class Schedule:
     """A task's learning-rate controller. The training loop tells it the loss after every optimiser step and the
     mean training loss after every pass over the task's data; `after_epoch` returning True ends the task's
     training there (a controller that predicts no further gain stops early). `scalars()` are what it wants logged
-    after a pass (tag -> value; the loop adds `charts/lr`). The base class keeps the rate."""
+    after a pass (tag -> value; the step driver logs them with `charts/lr`). The base class keeps the rate."""
 
     def after_step(self, loss: float) -> None:
         """One optimiser step was taken; `loss` is its total loss."""

@@ -128,6 +128,8 @@ def _run_recipe(resolved: recipes.Resolved, *, out_root: Path, run_dir: Path | N
                     done = _completed_result(arm_dir) if resume else None
                     result = done or _run_agent(label, spec, resolved, stream, env, arm_dir, record, schema, resume=resume,
                                                 restart=restart, notify=notify)
+            except UserError:
+                raise  # bad input that is also an OSError (a data file missing): handled below, not an I/O failure
             except OSError as e:
                 result = _failed(label, stream, arm_dir, f"I/O error: {os_error_text(e)}")
                 try:

@@ -65,7 +65,7 @@ class MoEConfig:
 
 
 class Expert(nn.Module):
-    """One expert: Linear (d -> h), GELU, Linear (h -> d)."""
+    """One expert, and the ViT's dense MLP: Linear `fc1` (d -> h), GELU, Linear `fc2` (h -> d)."""
 
     def __init__(self, dim: int, hidden: int) -> None:
         super().__init__()

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from einops import rearrange, reduce, repeat
 from torch import Tensor, nn
 
+from agentlab.backbones.moe import Expert as MLP  # a block's dense feed-forward layer is one expert's shape
 from agentlab.backbones.moe import ExpertChoiceMoE, MoEConfig, moe_scalars, usage_image
 from agentlab.config import ConfigError, check
 from agentlab.registry import BuildEnv, register
@@ -108,18 +109,6 @@ class Attention(nn.Module):
             q, k, v = (rearrange(f(x), "b n (H e) -> b H n e", H=self.heads) for f in (self.q, self.k, self.v))
         y = F.scaled_dot_product_attention(q, k, v)  # (b, H, n, e)
         return self.out(rearrange(y, "b H n e -> b n (H e)"))
-
-
-class MLP(nn.Module):
-    """The dense feed-forward layer of a block: Linear `fc1`, GELU, Linear `fc2`."""
-
-    def __init__(self, dim: int, hidden: int) -> None:
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
-        self.fc2 = nn.Linear(hidden, dim)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.fc2(F.gelu(self.fc1(x)))
 
 
 class Block(nn.Module):

@@ -3,7 +3,6 @@ and replayed as they acted, isolation under SupSup, the recipes from the command
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from typing import Any
 
@@ -252,11 +251,8 @@ def test_recipes_build():
         recipes.check_components(_resolved(name, []))
 
 
-MINIGRID = pytest.mark.skipif(importlib.util.find_spec("minigrid") is None, reason="the minigrid extra is not installed")
-
-
 @pytest.mark.parametrize("recipe, agents", [("rl-cartpole-supsup", {"supsup"}), ("rl-classic-control", {"finetune", "supsup"}),
-                                            pytest.param("rl-minigrid", {"supsup"}, marks=MINIGRID)])
+                                            ("rl-minigrid", {"supsup"})])
 def test_recipes_run_from_the_command_line(tmp_path, capsys, recipe, agents):
     from agentlab.cli import main
 
